@@ -1,0 +1,114 @@
+"""Objects, kernel sizes and pixel ownership from a label map (DESIGN.md 2, steps 1 and 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from daemon.types import LabelMap, Ownership
+
+
+@dataclass(frozen=True)
+class BlurParams:
+    """Parameters of the adaptive blur; defaults are the paper's."""
+
+    kernel_fraction: float = 0.25
+    sigma_factor: float = 10.0
+    min_kernel: int = 3
+    max_kernel: int = 255
+    mask_dilation: int = 0
+
+
+@dataclass(frozen=True)
+class BlurObject:
+    """One 8-connected object of one class, with its bounding box and Gaussian."""
+
+    class_id: int
+    x: int
+    y: int
+    w: int
+    h: int
+    kernel: int
+    sigma: float
+
+    @property
+    def radius(self) -> int:
+        return (self.kernel - 1) // 2
+
+
+@dataclass(frozen=True)
+class ObjectMap:
+    """Every object of a frame and, per pixel, the index of the object that owns it (-1: none)."""
+
+    objects: tuple[BlurObject, ...]
+    owner: Ownership
+
+
+def kernel_size(w: int, h: int, params: BlurParams) -> int:
+    """Nearest odd integer to kernel_fraction x mean side (ties up), clamped to the limits."""
+    s = params.kernel_fraction * (w + h) / 2.0
+    k = 2 * int(np.floor(s / 2.0)) + 1
+    return int(min(max(k, params.min_kernel), params.max_kernel))
+
+
+def gaussian_weights(kernel: int, sigma: float) -> np.ndarray:
+    """The normalised 1-D weights g_k, k = -r..r, as float32 (the arithmetic of the spec)."""
+    r = (kernel - 1) // 2
+    k = np.arange(-r, r + 1, dtype=np.float64)
+    g = np.exp(-(k * k) / (2.0 * sigma * sigma))
+    return (g / g.sum()).astype(np.float32)
+
+
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """Grow a boolean mask by `pixels` in every direction (a (2p+1)^2 square: over-masking side)."""
+    if pixels <= 0:
+        return mask
+    element = np.ones((2 * pixels + 1, 2 * pixels + 1), np.uint8)
+    return cv2.dilate(mask.view(np.uint8), element).view(bool)
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, int, int]]]:
+    """8-connected components in raster order of their first pixel: (label, x, y, w, h) each."""
+    count, comp, stats, _ = cv2.connectedComponentsWithStats(
+        mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S
+    )
+    found = []
+    for label in range(1, count):
+        x, y, w, h = (int(v) for v in stats[label, :4])
+        first_x = x + int(np.argmax(comp[y, x : x + w] == label))
+        found.append((y, first_x, label, x, w, h))
+    # OpenCV's label order depends on its scan algorithm; the spec's order is raster order.
+    found.sort()
+    return comp, [(label, x, y, w, h) for y, _, label, x, w, h in found]
+
+
+def find_objects(labels: LabelMap, classes: Sequence[int], params: BlurParams) -> ObjectMap:
+    """Objects per class (in `classes` order, then raster order) and the ownership map.
+
+    Where dilated objects of different classes overlap, the pixel goes to the object with the
+    larger kernel (the stronger blur wins); on equal kernels to the object found first.
+    """
+    owner = np.full(labels.shape, -1, np.int32)
+    owner_kernel = np.zeros(labels.shape, np.int32)
+    objects: list[BlurObject] = []
+    for class_id in classes:
+        mask = dilate(labels == class_id, params.mask_dilation)
+        if not mask.any():
+            continue
+        comp, found = _components(mask)
+        lut = np.full(len(found) + 1 + max((f[0] for f in found), default=0), -1, np.int32)
+        kernels = np.zeros_like(lut)
+        for label, x, y, w, h in found:
+            k = kernel_size(w, h, params)
+            lut[label] = len(objects)
+            kernels[label] = k
+            objects.append(BlurObject(class_id, x, y, w, h, k, params.sigma_factor * k))
+        candidate = lut[comp]
+        candidate_kernel = kernels[comp]
+        take = (candidate >= 0) & ((owner < 0) | (candidate_kernel > owner_kernel))
+        owner[take] = candidate[take]
+        owner_kernel[take] = candidate_kernel[take]
+    return ObjectMap(tuple(objects), owner)

@@ -1,0 +1,25 @@
+"""Array aliases shared by every stage, with the boundary checks that go with them."""
+
+import numpy as np
+from numpy.typing import NDArray
+
+Image = NDArray[np.uint8]  # H x W x 3, BGR
+LabelMap = NDArray[np.uint8]  # H x W, class ids at frame resolution
+Ownership = NDArray[np.int32]  # H x W, object index owning each pixel, -1 for none
+
+
+def check_image(frame: np.ndarray) -> Image:
+    """Raise ValueError unless `frame` is an H x W x 3 uint8 array."""
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"expected an H x W x 3 uint8 frame, got {frame.shape} {frame.dtype}")
+    return frame
+
+
+def check_labels(labels: np.ndarray, frame: np.ndarray) -> LabelMap:
+    """Raise ValueError unless `labels` is an H x W uint8 map matching `frame`."""
+    if labels.ndim != 2 or labels.dtype != np.uint8 or labels.shape != frame.shape[:2]:
+        raise ValueError(
+            f"expected an H x W uint8 label map of shape {frame.shape[:2]}, "
+            f"got {labels.shape} {labels.dtype}"
+        )
+    return labels
