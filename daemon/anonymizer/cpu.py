@@ -1,2 +1,78 @@
 """The CPU anonymizer: label map in, anonymized frame out (adaptive or global mode)."""
-# (filled in by the anonymizer work; interface fixed here)
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from daemon.anonymizer.objects import BlurObject, BlurParams, find_objects
+from daemon.anonymizer.oracle import blur_objects_oracle
+from daemon.config import BlurConfig
+from daemon.types import Image, LabelMap, check_image, check_labels
+
+
+@dataclass(frozen=True)
+class AnonymizedFrame:
+    frame: Image
+    objects: tuple[BlurObject, ...]  # what was blurred (empty in global mode)
+
+
+def blur_params(blur: BlurConfig) -> BlurParams:
+    return BlurParams(
+        kernel_fraction=blur.kernel_fraction,
+        sigma_factor=blur.sigma_factor,
+        min_kernel=blur.min_kernel,
+        max_kernel=blur.max_kernel,
+        mask_dilation=blur.mask_dilation,
+    )
+
+
+def global_blur(frame: Image, kernel: int, sigma: float) -> Image:
+    """The paper's baseline: one Gaussian over the whole frame (reflected border)."""
+    return cv2.GaussianBlur(frame, (kernel, kernel), sigmaX=sigma, sigmaY=sigma,
+                            borderType=cv2.BORDER_REFLECT_101)
+
+
+def fail_closed_frame(frame: Image, style: Literal["blur", "black"]) -> Image:
+    """A frame that reveals nothing: black, or blurred far beyond recognition.
+
+    The blur is a downscale to at most 16 pixels on the long side and back: every output pixel
+    mixes a sixteenth of the frame, which no face or plate survives.
+    """
+    if style == "black":
+        return np.zeros_like(frame)
+    h, w = frame.shape[:2]
+    scale = 16.0 / max(h, w)
+    tiny = cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))),
+                      interpolation=cv2.INTER_AREA)
+    return cv2.resize(tiny, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+class CpuAnonymizer:
+    """`anonymize(frame, labels)` on the CPU: the fast path by default, the oracle on request."""
+
+    def __init__(self, class_ids: Sequence[int], blur: BlurConfig, *, oracle: bool = False):
+        self.class_ids = tuple(class_ids)
+        self.blur = blur
+        self.params = blur_params(blur)
+        self._blur_objects = blur_objects_oracle if oracle else _fast_blur()
+
+    def anonymize(self, frame: Image, labels: LabelMap) -> AnonymizedFrame:
+        check_labels(labels, check_image(frame))
+        if self.blur.mode == "global":
+            k = self.blur.global_kernel
+            return AnonymizedFrame(global_blur(frame, k, self.blur.sigma_factor * k), ())
+        objects = find_objects(labels, self.class_ids, self.params)
+        if not objects.objects:
+            return AnonymizedFrame(frame.copy(), ())
+        return AnonymizedFrame(self._blur_objects(frame, objects), objects.objects)
+
+
+def _fast_blur():  # noqa: ANN202
+    from daemon.anonymizer.fast import blur_objects_fast
+
+    return blur_objects_fast
