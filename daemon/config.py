@@ -10,7 +10,14 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_MODEL = Path("engines/deeplabv3_mnv2_voc_257.onnx")
 
@@ -35,25 +42,39 @@ class ModelConfig(FrozenModel):
     )
     threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0: all cores")
 
+    @field_validator("path")
+    @classmethod
+    def _path_named(cls, value: Path) -> Path:
+        if value.name in ("", ".", ".."):
+            raise ValueError(f"model path must name a file, got {str(value)!r}")
+        return value
+
     @property
     def manifest_path(self) -> Path:
-        return self.manifest if self.manifest is not None else self.path.with_suffix(".manifest.yaml")
+        if self.manifest is not None:
+            return self.manifest
+        return self.path.with_suffix(".manifest.yaml")
 
 
 class TilingConfig(FrozenModel):
     enabled: bool = Field(False, description="also analyze overlapping native-resolution tiles")
-    overlap: float = Field(0.25, ge=0.0, lt=0.9, description="fraction of a tile shared with its neighbour")
+    overlap: float = Field(
+        0.25, ge=0.0, lt=0.9, description="fraction of a tile shared with its neighbour"
+    )
 
 
 class AnalysisConfig(FrozenModel):
-    tiling: TilingConfig = TilingConfig()
+    tiling: TilingConfig = Field(TilingConfig(), description="multi-scale analysis (DESIGN 3)")
 
 
 class BlurConfig(FrozenModel):
     mode: Literal["adaptive", "global"] = Field(
-        "adaptive", description="adaptive: per-object Gaussian (the paper); global: one blur over the frame"
+        "adaptive",
+        description="adaptive: per-object Gaussian (the paper); global: one blur over the frame",
     )
-    kernel_fraction: float = Field(0.25, gt=0.0, le=4.0, description="K ~ fraction x mean bbox side")
+    kernel_fraction: float = Field(
+        0.25, gt=0.0, le=4.0, description="K ~ fraction x mean bbox side"
+    )
     sigma_factor: float = Field(10.0, gt=0.0, le=1000.0, description="sigma = sigma_factor x K")
     min_kernel: int = Field(3, ge=1, le=1023, description="smallest kernel (odd)")
     max_kernel: int = Field(255, ge=1, le=1023, description="largest kernel (odd)")
@@ -65,8 +86,8 @@ class BlurConfig(FrozenModel):
 
     @field_validator("min_kernel", "max_kernel", "global_kernel")
     @classmethod
-    def _kernel_odd(cls, value: int, info) -> int:  # noqa: ANN001
-        return _odd(value, info.field_name)
+    def _kernel_odd(cls, value: int, info: ValidationInfo) -> int:
+        return _odd(value, str(info.field_name))
 
     @model_validator(mode="after")
     def _kernel_range(self) -> BlurConfig:
@@ -85,7 +106,7 @@ class CameraConfig(FrozenModel):
 
     name: str = Field(description="path of the republished stream: rtsp://<bind>:<port>/<name>")
     url: str = Field(description="the camera's RTSP URL")
-    enabled: bool = True
+    enabled: bool = Field(True, description="false: keep the entry but do not open the stream")
 
     @field_validator("name")
     @classmethod
@@ -104,18 +125,18 @@ class CameraConfig(FrozenModel):
 
 class ServerConfig(FrozenModel):
     bind: str = Field("127.0.0.1", description="address of the RTSP server for viewers")
-    port: int = Field(8554, ge=1, le=65535)
+    port: int = Field(8554, ge=1, le=65535, description="TCP port of the RTSP server")
 
 
 class Config(FrozenModel):
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = Field(ModelConfig(), description="segmentation model and device")
     anonymize: tuple[str, ...] = Field(
         ("person",), min_length=1, description="class names (from the model manifest) to blur"
     )
-    blur: BlurConfig = BlurConfig()
-    analysis: AnalysisConfig = AnalysisConfig()
-    server: ServerConfig = ServerConfig()
-    cameras: tuple[CameraConfig, ...] = ()
+    blur: BlurConfig = Field(BlurConfig(), description="how objects are blurred (DESIGN 2)")
+    analysis: AnalysisConfig = Field(AnalysisConfig(), description="how frames are analyzed")
+    server: ServerConfig = Field(ServerConfig(), description="where anonymized streams are served")
+    cameras: tuple[CameraConfig, ...] = Field((), description="cameras to anonymize and republish")
 
     @field_validator("anonymize")
     @classmethod

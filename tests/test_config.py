@@ -1,0 +1,332 @@
+"""Config loading: error lines with file, line, column and key; path resolution; check-config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from daemon.config import BlurConfig, Config, FrozenModel
+from daemon.configfile import PROJECT_ROOT, load_config, parse_yaml_model
+from daemon.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def _errors(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return str(info.value).splitlines()
+
+
+def test_unknown_key_suggests_the_field_and_points_at_its_line(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+        blur:
+          mode: adaptive
+          kernel_fractoin: 0.3
+        """,
+    )
+    assert _errors(path) == [
+        f"{path}:3:3: blur.kernel_fractoin: unknown key 'kernel_fractoin'"
+        " (did you mean 'kernel_fraction'?)"
+    ]
+
+
+def test_unknown_key_without_close_match_lists_the_valid_keys(tmp_path: Path) -> None:
+    path = _write(tmp_path, "server:\n  zzz: 1\n")
+    (line,) = _errors(path)
+    assert line == f"{path}:2:3: server.zzz: unknown key 'zzz' (expected one of: bind, port)"
+
+
+def test_negative_kernel_fraction_names_key_and_line(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+        # comment
+        anonymize: [person]
+        blur:
+          kernel_fraction: -0.5
+        """,
+    )
+    assert _errors(path) == [f"{path}:4:3: blur.kernel_fraction: Input should be greater than 0"]
+
+
+def test_even_kernel_is_rejected(tmp_path: Path) -> None:
+    path = _write(tmp_path, "blur:\n  min_kernel: 3\n  max_kernel: 254\n")
+    assert _errors(path) == [f"{path}:3:3: blur.max_kernel: max_kernel must be odd, got 254"]
+
+
+def test_min_kernel_above_max_kernel_points_at_the_section(tmp_path: Path) -> None:
+    path = _write(tmp_path, "server: {}\nblur:\n  min_kernel: 9\n  max_kernel: 5\n")
+    assert _errors(path) == [f"{path}:2:1: blur: min_kernel (9) must not exceed max_kernel (5)"]
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    path = _write(tmp_path, "server:\n  bind: 0.0.0.0\n  port: eighty\n")
+    (line,) = _errors(path)
+    assert line.startswith(f"{path}:3:3: server.port: Input should be a valid integer")
+
+
+def test_several_problems_give_one_line_each_in_file_order(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+        blur:
+          mask_dilation: -1
+          fail_closed: red
+        model:
+          device: tpu
+        """,
+    )
+    lines = _errors(path)
+    assert [line.split(": ")[1] for line in lines] == [
+        "blur.mask_dilation",
+        "blur.fail_closed",
+        "model.device",
+    ]
+    assert [line.split(":")[1] for line in lines] == ["2", "3", "5"]
+
+
+def test_yaml_syntax_error_gives_file_and_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "blur:\n  kernel_fraction: 0.3\n   mode: global\n")
+    (line,) = _errors(path)
+    assert line.startswith(f"{path}:3:")
+    assert "YAML syntax error" in line
+
+
+def test_unclosed_flow_list_names_where_it_started(tmp_path: Path) -> None:
+    path = _write(tmp_path, "anonymize: [person\nblur: {}\n")
+    (line,) = _errors(path)
+    assert line.startswith(f"{path}:")
+    assert "started on line 1" in line
+
+
+def test_error_inside_second_camera_has_its_path_and_line(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+        cameras:
+          - name: front
+            url: rtsp://10.0.0.1/stream
+          - name: back
+            url: http://10.0.0.2/stream
+        """,
+    )
+    assert _errors(path) == [
+        f"{path}:5:5: cameras[1].url: camera url must start with rtsp:// or rtsps://"
+    ]
+
+
+def test_missing_camera_key_points_at_the_item(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+        cameras:
+          - name: front
+            url: rtsp://10.0.0.1/stream
+          - name: back
+        """,
+    )
+    assert _errors(path) == [f"{path}:4:5: cameras[1].url: Field required"]
+
+
+def test_unknown_key_in_a_camera_suggests_its_fields(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+        cameras:
+          - name: front
+            url: rtsp://10.0.0.1/stream
+            enabeld: false
+        """,
+    )
+    assert _errors(path) == [
+        f"{path}:4:5: cameras[0].enabeld: unknown key 'enabeld' (did you mean 'enabled'?)"
+    ]
+
+
+def test_list_item_error_points_at_the_item(tmp_path: Path) -> None:
+    path = _write(tmp_path, "anonymize:\n  - person\n  - [car]\n")
+    assert _errors(path) == [f"{path}:3:5: anonymize[1]: Input should be a valid string"]
+
+
+def test_duplicate_key_is_an_error(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+        blur:
+          kernel_fraction: 0.25
+          mask_dilation: 3
+          kernel_fraction: 0.5
+        """,
+    )
+    (line,) = _errors(path)
+    assert line.startswith(f"{path}:4:3: blur.kernel_fraction: duplicate key")
+    assert "line 2" in line
+
+
+def test_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+        cameras:
+          - &cam {name: a, url: "rtsp://h/1", enabled: false}
+          - <<: *cam
+            name: b
+        """,
+    )
+    config = load_config(path)
+    assert [(c.name, c.url, c.enabled) for c in config.cameras] == [
+        ("a", "rtsp://h/1", False),
+        ("b", "rtsp://h/1", False),
+    ]
+
+
+@pytest.mark.parametrize("text", ["", "# nothing but a comment\n", "---\n"])
+def test_empty_file_gives_defaults(tmp_path: Path, text: str) -> None:
+    path = _write(tmp_path, text)
+    assert load_config(path) == load_config(None)
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    path = _write(tmp_path, "- blur\n- server\n")
+    (line,) = _errors(path)
+    assert line.startswith(f"{path}:1:1: the top level must be a mapping")
+
+
+def test_missing_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    assert _errors(path) == [f"{path}: file not found"]
+
+
+def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    assert _errors(tmp_path)[0].startswith(f"{tmp_path}: cannot read")
+
+
+def test_given_relative_model_path_resolves_against_the_config_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    path = _write(folder, "model:\n  path: models/seg.onnx\n  manifest: ../m/seg.yaml\n")
+    config = load_config(path)
+    assert config.model.path == folder / "models" / "seg.onnx"
+    assert config.model.manifest == tmp_path / "m" / "seg.yaml"
+
+
+def test_default_model_path_resolves_against_the_project_root(tmp_path: Path) -> None:
+    path = _write(tmp_path, "model:\n  device: cpu\n")
+    config = load_config(path)
+    assert PROJECT_ROOT == REPO
+    assert config.model.path == REPO / "engines" / "deeplabv3_mnv2_voc_257.onnx"
+    assert config.model.manifest_path == REPO / "engines" / "deeplabv3_mnv2_voc_257.manifest.yaml"
+    assert load_config(None).model.path == config.model.path
+
+
+def test_absolute_model_path_is_kept(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere" / "m.onnx"
+    (tmp_path / "etc").mkdir()
+    path = _write(tmp_path / "etc", f"model:\n  path: {target}\n")
+    assert load_config(path).model.path == target
+
+
+def test_shipped_config_equals_the_defaults() -> None:
+    assert load_config(REPO / "config.yaml") == load_config(None)
+
+
+def _leaves(value: Any, prefix: str = "") -> set[str]:
+    if isinstance(value, dict):
+        return {leaf for key, v in value.items() for leaf in _leaves(v, f"{prefix}{key}.")}
+    return {prefix.rstrip(".")}
+
+
+def test_shipped_config_spells_out_every_key() -> None:
+    import yaml
+
+    written = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert _leaves(written) == _leaves(Config().model_dump())
+
+
+def test_every_config_field_is_described() -> None:
+    undescribed = [
+        f"{model.__name__}.{name}"
+        for model in (Config, *_submodels(Config))
+        for name, field in model.model_fields.items()
+        if not field.description
+    ]
+    assert undescribed == []
+
+
+def _submodels(model: type[BaseModel]) -> set[type[BaseModel]]:
+    found: set[type[BaseModel]] = set()
+    for field in model.model_fields.values():
+        for candidate in (field.annotation, *getattr(field.annotation, "__args__", ())):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                found |= {candidate, *_submodels(candidate)}
+    return found
+
+
+class _Manifest(FrozenModel):
+    name: str
+    classes: dict[str, int]
+    blur: BlurConfig = BlurConfig()
+
+
+def test_parse_yaml_model_is_generic(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: m\nclasses:\n  person: 15\n  car: seven\n")
+    with pytest.raises(ConfigError) as info:
+        parse_yaml_model(path, _Manifest)
+    assert str(info.value).startswith(f"{path}:4:3: classes.car: Input should be a valid integer")
+    good = _write(tmp_path, "name: m\nclasses: {person: 15}\n", name="good.yaml")
+    assert parse_yaml_model(good, _Manifest) == _Manifest(name="m", classes={"person": 15})
+
+
+def test_parse_yaml_model_names_missing_required_keys(tmp_path: Path) -> None:
+    path = _write(tmp_path, "classes: {}\nblur: {mode: global}\n")
+    with pytest.raises(ConfigError) as info:
+        parse_yaml_model(path, _Manifest)
+    assert str(info.value) == f"{path}:1:1: name: Field required"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", "check-config", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_config_cli_accepts_the_shipped_config() -> None:
+    result = _cli("config.yaml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("config.yaml: OK (model ")
+    assert "0 cameras, anonymize: person)" in result.stdout
+
+
+def test_check_config_cli_reports_file_line_and_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, "blur:\n  mode: adaptive\n  kernel_fraction: 0\n")
+    result = _cli(str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == f"{path}:3:3: blur.kernel_fraction: Input should be greater than 0\n"
+
+
+def test_check_config_cli_warns_about_a_missing_model(tmp_path: Path) -> None:
+    path = _write(tmp_path, "model:\n  path: absent.onnx\n")
+    result = _cli(str(path))
+    assert result.returncode == 0
+    assert f"model file {tmp_path / 'absent.onnx'} does not exist" in result.stderr
