@@ -33,8 +33,9 @@ def blur_params(blur: BlurConfig) -> BlurParams:
 
 def global_blur(frame: Image, kernel: int, sigma: float) -> Image:
     """The paper's baseline: one Gaussian over the whole frame (reflected border)."""
-    return cv2.GaussianBlur(frame, (kernel, kernel), sigmaX=sigma, sigmaY=sigma,
-                            borderType=cv2.BORDER_REFLECT_101)
+    return cv2.GaussianBlur(
+        frame, (kernel, kernel), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101
+    )
 
 
 def fail_closed_frame(frame: Image, style: Literal["blur", "black"]) -> Image:
@@ -47,8 +48,9 @@ def fail_closed_frame(frame: Image, style: Literal["blur", "black"]) -> Image:
         return np.zeros_like(frame)
     h, w = frame.shape[:2]
     scale = 16.0 / max(h, w)
-    tiny = cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))),
-                      interpolation=cv2.INTER_AREA)
+    tiny = cv2.resize(
+        frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+    )
     return cv2.resize(tiny, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
@@ -72,7 +74,7 @@ class CpuAnonymizer:
         return AnonymizedFrame(self._blur_objects(frame, objects), objects.objects)
 
 
-def _fast_blur():  # noqa: ANN202
+def _fast_blur():
     from daemon.anonymizer.fast import blur_objects_fast
 
     return blur_objects_fast

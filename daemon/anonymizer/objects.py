@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
+import numba
 import numpy as np
 
 from daemon.types import LabelMap, Ownership
@@ -85,6 +86,20 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int,
     return comp, [(label, x, y, w, h) for y, _, label, x, w, h in found]
 
 
+@numba.njit(cache=True, nogil=True)
+def _paint(comp, lut, kernels, owner, owner_kernel):
+    h, w = comp.shape
+    for y in range(h):
+        for x in range(w):
+            label = comp[y, x]
+            if label == 0:
+                continue
+            k = kernels[label]
+            if owner[y, x] < 0 or k > owner_kernel[y, x]:
+                owner[y, x] = lut[label]
+                owner_kernel[y, x] = k
+
+
 def find_objects(labels: LabelMap, classes: Sequence[int], params: BlurParams) -> ObjectMap:
     """Objects per class (in `classes` order, then raster order) and the ownership map.
 
@@ -99,16 +114,12 @@ def find_objects(labels: LabelMap, classes: Sequence[int], params: BlurParams) -
         if not mask.any():
             continue
         comp, found = _components(mask)
-        lut = np.full(len(found) + 1 + max((f[0] for f in found), default=0), -1, np.int32)
+        lut = np.full(len(found) + 1, -1, np.int32)
         kernels = np.zeros_like(lut)
         for label, x, y, w, h in found:
             k = kernel_size(w, h, params)
             lut[label] = len(objects)
             kernels[label] = k
             objects.append(BlurObject(class_id, x, y, w, h, k, params.sigma_factor * k))
-        candidate = lut[comp]
-        candidate_kernel = kernels[comp]
-        take = (candidate >= 0) & ((owner < 0) | (candidate_kernel > owner_kernel))
-        owner[take] = candidate[take]
-        owner_kernel[take] = candidate_kernel[take]
+        _paint(comp, lut, kernels, owner, owner_kernel)
     return ObjectMap(tuple(objects), owner)

@@ -26,7 +26,9 @@ def _shift(a: np.ndarray, k: int, axis: int, fill: float | bool) -> np.ndarray:
     return out
 
 
-def symmetric_pass(values: np.ndarray, own: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+def symmetric_pass(
+    values: np.ndarray, own: np.ndarray, weights: np.ndarray, axis: int
+) -> np.ndarray:
     """One 1-D pass: tap p+k if owned, else p-k if owned, else p itself; float32 accumulation."""
     r = (len(weights) - 1) // 2
     own3 = own[:, :, None]
