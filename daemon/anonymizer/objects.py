@@ -106,20 +106,27 @@ def find_objects(labels: LabelMap, classes: Sequence[int], params: BlurParams) -
     Where dilated objects of different classes overlap, the pixel goes to the object with the
     larger kernel (the stronger blur wins); on equal kernels to the object found first.
     """
+    height, width = labels.shape
     owner = np.full(labels.shape, -1, np.int32)
     owner_kernel = np.zeros(labels.shape, np.int32)
     objects: list[BlurObject] = []
+    grow = params.mask_dilation
     for class_id in classes:
-        mask = dilate(labels == class_id, params.mask_dilation)
-        if not mask.any():
+        mask = labels == class_id
+        bx, by, bw, bh = cv2.boundingRect(mask.view(np.uint8))
+        if bw == 0:
             continue
-        comp, found = _components(mask)
+        # Work in the class's bounding box (plus the dilation margin): masks are sparse.
+        x0, y0 = max(bx - grow, 0), max(by - grow, 0)
+        x1, y1 = min(bx + bw + grow, width), min(by + bh + grow, height)
+        region = np.s_[y0:y1, x0:x1]
+        comp, found = _components(dilate(mask[region], grow))
         lut = np.full(len(found) + 1, -1, np.int32)
         kernels = np.zeros_like(lut)
         for label, x, y, w, h in found:
             k = kernel_size(w, h, params)
             lut[label] = len(objects)
             kernels[label] = k
-            objects.append(BlurObject(class_id, x, y, w, h, k, params.sigma_factor * k))
-        _paint(comp, lut, kernels, owner, owner_kernel)
+            objects.append(BlurObject(class_id, x0 + x, y0 + y, w, h, k, params.sigma_factor * k))
+        _paint(comp, lut, kernels, owner[region], owner_kernel[region])
     return ObjectMap(tuple(objects), owner)
