@@ -1,3 +1,3 @@
-"""Privacy gateway for video: segment every pixel, blur sensitive objects with object-sized Gaussians."""
+"""Privacy gateway for video: segment every pixel, blur sensitive objects per their size."""
 
 __version__ = "0.1.0"
