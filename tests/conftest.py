@@ -1,5 +1,6 @@
 """Shared pytest fixtures."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,3 +13,49 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.fail(f"shared data folder not found: {path} (expected next to the repository)")
     return path
+
+
+@pytest.fixture(scope="session")
+def clip_segment(
+    shared_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., Path]:
+    """`clip_segment(name, frames, audio=False) -> Path`: the first `frames` video packets of
+    `clips/<name>` (and, with audio, the audio packets up to the same time) stream-copied with
+    PyAV into a cached temporary file of the same container: a short real clip, not re-encoded.
+    """
+    import av
+
+    cache: dict[tuple[str, int, bool], Path] = {}
+    folder = tmp_path_factory.mktemp("clips")
+
+    def make(name: str, frames: int, audio: bool = False) -> Path:
+        key = (name, frames, audio)
+        if key in cache:
+            return cache[key]
+        source = shared_data / "clips" / name
+        target = folder / f"{Path(name).stem}.{frames}{'a' if audio else ''}{Path(name).suffix}"
+        with av.open(str(source)) as src, av.open(str(target), "w") as dst:
+            video = src.streams.video[0]
+            streams = [video, *src.streams.audio[:1]] if audio else [video]
+            out = {s.index: dst.add_stream_from_template(s) for s in streams}
+            end = frames / video.average_rate  # seconds of audio to keep
+            count = 0
+            for packet in src.demux(*streams):
+                if packet.dts is None or not packet.size:
+                    continue
+                if packet.stream is video:
+                    if count == frames:
+                        if not audio:
+                            break
+                        continue
+                    count += 1
+                elif packet.pts * packet.time_base >= end:
+                    if count == frames:
+                        break
+                    continue
+                packet.stream = out[packet.stream.index]
+                dst.mux(packet)
+        cache[key] = target
+        return target
+
+    return make
