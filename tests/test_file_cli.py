@@ -11,6 +11,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from media_helpers import psnr
 
 from daemon.configfile import PROJECT_ROOT
 
@@ -38,11 +39,6 @@ def decode(path: Path) -> tuple[list[np.ndarray], list[Fraction], Fraction]:
         frames = list(c.decode(stream))
         return ([f.to_ndarray(format="bgr24") for f in frames],
                 [f.pts * f.time_base for f in frames], stream.average_rate)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def laplacian_energy(image: np.ndarray, where: np.ndarray) -> float:

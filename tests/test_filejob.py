@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import av
 import cv2
 import numpy as np
 import pytest
+from media_helpers import decode_all, psnr
 
 from daemon.anonymizer.cpu import CpuAnonymizer, fail_closed_frame
 from daemon.config import BlurConfig
@@ -60,14 +58,6 @@ def anonymizer() -> CpuAnonymizer:
     return CpuAnonymizer((PERSON,), BlurConfig())
 
 
-def decode_all(path: Path) -> list[np.ndarray]:
-    with av.open(str(path)) as c:
-        return [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 # --- planning ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from media_helpers import decode_all, psnr
 
 from daemon.errors import MediaError
 from daemon.media.atomic import partial_path
@@ -40,14 +41,6 @@ def probe(path: Path) -> dict:
         }
 
 
-def decode_all(path: Path) -> list[np.ndarray]:
-    with av.open(str(path)) as c:
-        return [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def copy_video(src: Path, dst: Path, *, keep_audio: bool = False, **kwargs: object) -> None:
