@@ -100,3 +100,20 @@ def test_golden_vectors_within_one_grey_level(shared_data):
         got = blur_objects_fast(data["frame"], objects)
         diff = np.abs(got.astype(int) - data["expected"].astype(int))
         assert diff.max() <= 1, name
+
+
+@pytest.mark.parametrize("spacing", [3, 5, 12])
+def test_comb_of_many_runs_per_line(spacing):
+    # One object (teeth joined by a bar) with many runs of itself in each row's window: exercises
+    # both the run-pairing path (few runs in reach) and the tap walk (many runs in reach).
+    rng = np.random.default_rng(spacing)
+    frame = rng.integers(0, 256, (70, 150, 3), dtype=np.uint8)
+    labels = np.zeros((70, 150), np.uint8)
+    labels[5:8, 5:145] = 1
+    labels[5:65, 5:145:spacing] = 1
+    objects = find_objects(labels, (1,), BlurParams(kernel_fraction=0.5))
+    assert len(objects.objects) == 1 and objects.objects[0].kernel > 40
+    got = blur_objects_fast(frame, objects)
+    expected = blur_objects_oracle(frame, objects)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    np.testing.assert_array_equal(got[labels == 0], frame[labels == 0])

@@ -121,34 +121,69 @@ def _flat_line(line, own, n, r, pref, starts, ends, res):
                     b = pref[hi_b, c] - pref[lo_b, c]
                     res[x, c] = np.float32((2.0 * a - b + line[x, c] * unowned) * inv)
             continue
+        runs_in_reach = hi - lo + 1
         for x in range(s, e + 1):
-            count_o = 0
-            count_both = 0
-            sum_o = np.zeros(3)
-            sum_both = np.zeros(3)
-            for a in range(lo, hi + 1):
-                sa = max(starts[a], x - r)
-                ea = min(ends[a], x + r)
-                if sa > ea:
-                    continue
-                count_o += ea - sa + 1
-                for c in range(3):
-                    sum_o[c] += pref[ea + 1, c] - pref[sa, c]
-                for b in range(lo, hi + 1):
-                    sb = max(starts[b], x - r)
-                    eb = min(ends[b], x + r)
-                    if sb > eb:
-                        continue
-                    lo_i = max(sa, 2 * x - eb)
-                    hi_i = min(ea, 2 * x - sb)
-                    if lo_i > hi_i:
-                        continue
-                    count_both += hi_i - lo_i + 1
-                    for c in range(3):
-                        sum_both[c] += pref[hi_i + 1, c] - pref[lo_i, c]
-            unowned = taps - (2 * count_o - count_both)
-            for c in range(3):
-                res[x, c] = np.float32((2.0 * sum_o[c] - sum_both[c] + line[x, c] * unowned) * inv)
+            if runs_in_reach * runs_in_reach > taps:
+                # Fragmented masks: walking the K taps is cheaper than pairing the runs.
+                _uniform_taps_pixel(line, own, n, x, r, inv, res)
+            else:
+                _general_pixel(line, x, r, lo, hi, pref, starts, ends, inv, res)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _uniform_taps_pixel(line, own, n, x, r, inv, res):
+    s0 = s1 = s2 = 0.0
+    for k in range(-r, r + 1):
+        p = x + k
+        q = x - k
+        if 0 <= p < n and own[p]:
+            t = p
+        elif 0 <= q < n and own[q]:
+            t = q
+        else:
+            t = x
+        s0 += line[t, 0]
+        s1 += line[t, 1]
+        s2 += line[t, 2]
+    res[x, 0] = np.float32(s0 * inv)
+    res[x, 1] = np.float32(s1 * inv)
+    res[x, 2] = np.float32(s2 * inv)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _general_pixel(line, x, r, lo, hi, pref, starts, ends, inv, res):
+    # Several runs of the object in reach: O and O & M are unions of intervals.
+    taps = 2 * r + 1
+    count_o = 0
+    count_both = 0
+    o0 = o1 = o2 = 0.0
+    b0 = b1 = b2 = 0.0
+    for a in range(lo, hi + 1):
+        sa = max(starts[a], x - r)
+        ea = min(ends[a], x + r)
+        if sa > ea:
+            continue
+        count_o += ea - sa + 1
+        o0 += pref[ea + 1, 0] - pref[sa, 0]
+        o1 += pref[ea + 1, 1] - pref[sa, 1]
+        o2 += pref[ea + 1, 2] - pref[sa, 2]
+        for b in range(lo, hi + 1):
+            sb = max(starts[b], x - r)
+            eb = min(ends[b], x + r)
+            if sb > eb:
+                continue
+            lo_i = max(sa, 2 * x - eb)
+            hi_i = min(ea, 2 * x - sb)
+            if lo_i > hi_i:
+                continue
+            count_both += hi_i - lo_i + 1
+            b0 += pref[hi_i + 1, 0] - pref[lo_i, 0]
+            b1 += pref[hi_i + 1, 1] - pref[lo_i, 1]
+            b2 += pref[hi_i + 1, 2] - pref[lo_i, 2]
+    unowned = taps - (2 * count_o - count_both)
+    res[x, 0] = np.float32((2.0 * o0 - b0 + line[x, 0] * unowned) * inv)
+    res[x, 1] = np.float32((2.0 * o1 - b1 + line[x, 1] * unowned) * inv)
+    res[x, 2] = np.float32((2.0 * o2 - b2 + line[x, 2] * unowned) * inv)
 
 
 @numba.njit(cache=True, nogil=True)
