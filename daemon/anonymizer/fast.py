@@ -12,7 +12,6 @@ runs instead (float32, k = -r..r, bit-identical to the oracle).
 
 from __future__ import annotations
 
-import cv2
 import numba
 import numpy as np
 
@@ -187,11 +186,19 @@ def _general_pixel(line, x, r, lo, hi, pref, starts, ends, inv, res):
 
 
 @numba.njit(cache=True, nogil=True)
-def symmetric_rows(values, own, weights, flat, out):
-    """One mask-symmetric pass along axis 1 of `values` (rows x n x 3) into float32 `out`.
+def _line(line, own, n, r, weights, flat, pref, starts, ends, res):
+    if flat:
+        _flat_line(line, own, n, r, pref, starts, ends, res)
+    else:
+        _exact_line(line, own, n, weights, res)
 
-    Only owned pixels of `out` are written. The vertical pass runs on transposed arrays, so
-    both passes stream through contiguous memory.
+
+@numba.njit(cache=True, nogil=True)
+def horizontal_pass(values, own, weights, flat, out):
+    """The mask-symmetric pass along rows of `values` (h x w x 3) into float32 `out`.
+
+    Only owned pixels of `out` are written; the caller zeroes the rest (the vertical pass's
+    prefix sums run over them).
     """
     rows, n = own.shape
     r = (weights.shape[0] - 1) // 2
@@ -199,24 +206,45 @@ def symmetric_rows(values, own, weights, flat, out):
     starts = np.zeros(n, np.int64)
     ends = np.zeros(n, np.int64)
     for y in range(rows):
-        if flat:
-            _flat_line(values[y], own[y], n, r, pref, starts, ends, out[y])
-        else:
-            _exact_line(values[y], own[y], n, weights, out[y])
+        _line(values[y], own[y], n, r, weights, flat, pref, starts, ends, out[y])
+
+
+_BLOCK = 16  # columns gathered at once, so the vertical pass reads and writes whole cache lines
 
 
 @numba.njit(cache=True, nogil=True)
-def _store_owned(blurred, own, out):
-    # Round to nearest (ties to even, like rint), clamp, and write only the owned pixels.
+def vertical_pass_to_uint8(values, own, weights, flat, out):
+    """The pass along columns of `values` (float32, h x w x 3), rounded into `out` (uint8).
+
+    Columns are gathered in blocks into contiguous lines, so the pass needs no transposed copy
+    of the frame. Rounding is to nearest, ties to even (like rint), then clamped to 0..255;
+    only owned pixels of `out` are written.
+    """
     h, w = own.shape
-    for y in range(h):
-        for x in range(w):
-            if own[y, x]:
+    r = (weights.shape[0] - 1) // 2
+    pref = np.zeros((h + 1, 3), np.float64)
+    starts = np.zeros(h, np.int64)
+    ends = np.zeros(h, np.int64)
+    block = np.zeros((_BLOCK, h, 3), np.float32)
+    block_own = np.zeros((_BLOCK, h), np.bool_)
+    res = np.zeros((_BLOCK, h, 3), np.float32)
+    for x0 in range(0, w, _BLOCK):
+        width = min(_BLOCK, w - x0)
+        for y in range(h):
+            for b in range(width):
+                block_own[b, y] = own[y, x0 + b]
                 for c in range(3):
-                    v = min(max(blurred[y, x, c], np.float32(0.0)), np.float32(255.0))
-                    # Adding and removing 2^23 rounds a float32 in [0, 2^22] half to even.
-                    v = (v + _ROUND_MAGIC) - _ROUND_MAGIC
-                    out[y, x, c] = np.uint8(v)
+                    block[b, y, c] = values[y, x0 + b, c]
+        for b in range(width):
+            _line(block[b], block_own[b], h, r, weights, flat, pref, starts, ends, res[b])
+        for y in range(h):
+            for b in range(width):
+                if block_own[b, y]:
+                    for c in range(3):
+                        v = min(max(res[b, y, c], np.float32(0.0)), np.float32(255.0))
+                        # Adding and removing 2^23 rounds a float32 in [0, 2^22] half to even.
+                        v = (v + _ROUND_MAGIC) - _ROUND_MAGIC
+                        out[y, x0 + b, c] = np.uint8(v)
 
 
 def blur_objects_fast(frame: Image, objects: ObjectMap) -> Image:
@@ -228,9 +256,6 @@ def blur_objects_fast(frame: Image, objects: ObjectMap) -> Image:
         weights = gaussian_weights(obj.kernel, obj.sigma)
         flat = uniform_error_bound(weights) < FLAT_ERROR_BUDGET
         horizontal = np.zeros((obj.h, obj.w, 3), np.float32)
-        symmetric_rows(np.ascontiguousarray(frame[box]), own, weights, flat, horizontal)
-        vertical = np.empty((obj.w, obj.h, 3), np.float32)
-        own_t = np.ascontiguousarray(own.T)
-        symmetric_rows(cv2.transpose(horizontal), own_t, weights, flat, vertical)
-        _store_owned(cv2.transpose(vertical), own, out[box])
+        horizontal_pass(np.ascontiguousarray(frame[box]), own, weights, flat, horizontal)
+        vertical_pass_to_uint8(horizontal, own, weights, flat, out[box])
     return out
