@@ -285,6 +285,10 @@ def _run_one(
     except (AnonymizerError, OSError) as exc:
         report.error = str(exc)
         print(f"anonymizer: error: {exc}", file=sys.stderr, flush=True)
+    except Exception as exc:  # a bug must not stop the other inputs; its output is discarded
+        log.exception("unexpected failure on %s", job.source)
+        report.error = f"{job.source}: unexpected {type(exc).__name__}: {exc}"
+        print(f"anonymizer: error: {report.error}", file=sys.stderr, flush=True)
     report.frames = guard.frames
     report.failed_closed = guard.failed
     report.objects = guard.objects
