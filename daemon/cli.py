@@ -29,9 +29,18 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file; exit 0 or 2")
     check.add_argument("path", nargs="?", default="config.yaml", help="default: ./config.yaml")
 
+    run = sub.add_parser("run", help="the daemon: anonymize RTSP cameras, republish over RTSP")
+    run.add_argument("-c", "--config", default="config.yaml", help="default: ./config.yaml")
+
     from daemon.filejob import add_file_arguments
 
     add_file_arguments(sub.add_parser("file", help="anonymize image and video files"))
+
+    from daemon.gpu.build import add_build_engine_arguments
+
+    add_build_engine_arguments(
+        sub.add_parser("build-engine", help="build and cache the model's TensorRT engine (GPU)")
+    )
     return parser
 
 
@@ -47,10 +56,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from daemon.configfile import check_config_command
 
                 return check_config_command(args.path)
+            case "run":
+                from daemon.service.run import run_command
+
+                return run_command(args.config)
             case "file":
                 from daemon.filejob import file_command
 
                 return file_command(args)
+            case "build-engine":
+                from daemon.gpu.build import build_engine_command
+
+                return build_engine_command(args)
     except AnonymizerError as exc:
         print(f"anonymizer: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

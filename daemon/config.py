@@ -41,6 +41,11 @@ class ModelConfig(FrozenModel):
         "auto", description="auto: GPU when usable, else CPU (the reason is logged)"
     )
     threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0: all cores")
+    engine_cache: Path | None = Field(
+        None,
+        description="directory of cached TensorRT plans (device gpu); default: "
+        "$CACHE_DIRECTORY/engines under systemd, else ~/.cache/privacy-gateway/engines",
+    )
 
     @field_validator("path")
     @classmethod
@@ -65,6 +70,28 @@ class TilingConfig(FrozenModel):
 
 class AnalysisConfig(FrozenModel):
     tiling: TilingConfig = Field(TilingConfig(), description="multi-scale analysis (DESIGN 3)")
+    temporal: Literal["bracket", "hold"] = Field(
+        "bracket",
+        description="bracket: blur each frame with the union of the analyses before and after it"
+        " (adds one analysis interval of latency); hold: the last analysis, held for hold_frames"
+        " frames with a larger dilation (no added latency)",
+    )
+    bracket_dilation: int = Field(
+        4, ge=0, le=128, description="extra pixels the bracketing union is grown by"
+    )
+    hold_frames: int = Field(
+        15, ge=1, le=300, description="hold: frames a mask may be reused for before failing closed"
+    )
+    hold_dilation: int = Field(
+        16, ge=0, le=256, description="hold: extra pixels a held mask is grown by (motion margin)"
+    )
+    budget_ms: int = Field(
+        1000,
+        ge=50,
+        le=60000,
+        description="a frame not anonymized within this many ms of its arrival is published"
+        " fail-closed",
+    )
 
 
 class BlurConfig(FrozenModel):
@@ -99,14 +126,83 @@ class BlurConfig(FrozenModel):
 
 
 _CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,255}$")
+
+
+class SecretConfig(FrozenModel):
+    """Where a password comes from: exactly one of a file, a systemd credential, or inline."""
+
+    password_file: Path | None = Field(None, description="file holding the password (one line)")
+    password_credential: str | None = Field(
+        None,
+        description="name of a systemd credential (LoadCredential=) in $CREDENTIALS_DIRECTORY",
+    )
+    password: str | None = Field(
+        None, description="the password itself (discouraged: config files are often readable)"
+    )
+
+    @field_validator("password_credential")
+    @classmethod
+    def _credential_name(cls, value: str | None) -> str | None:
+        if value is not None and (not _CREDENTIAL_NAME.match(value) or value in (".", "..")):
+            raise ValueError("credential names are 1-255 letters, digits, '_', '.', '@' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretConfig:
+        given = [
+            n for n in ("password_file", "password_credential", "password")
+            if getattr(self, n) is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of password_file, password_credential, password;"
+                             f" got {', '.join(given)}")
+        return self
+
+    @property
+    def has_password(self) -> bool:
+        return any(
+            v is not None for v in (self.password_file, self.password_credential, self.password)
+        )
+
+
+class CameraCredentialsConfig(SecretConfig):
+    username: str = Field(description="user name sent to the camera")
+
+
+class BlurOverrideConfig(FrozenModel):
+    """Per-camera changes to the global `blur:` block; keys left out keep the global value."""
+
+    mode: Literal["adaptive", "global"] | None = Field(None, description="see blur.mode")
+    kernel_fraction: float | None = Field(None, description="see blur.kernel_fraction")
+    sigma_factor: float | None = Field(None, description="see blur.sigma_factor")
+    min_kernel: int | None = Field(None, description="see blur.min_kernel")
+    max_kernel: int | None = Field(None, description="see blur.max_kernel")
+    mask_dilation: int | None = Field(None, description="see blur.mask_dilation")
+    global_kernel: int | None = Field(None, description="see blur.global_kernel")
+    fail_closed: Literal["blur", "black"] | None = Field(None, description="see blur.fail_closed")
+
+    def apply(self, base: BlurConfig) -> BlurConfig:
+        """`base` with these overrides, validated as a whole (ValueError if inconsistent)."""
+        changes = {k: v for k, v in self.model_dump().items() if v is not None}
+        return BlurConfig.model_validate({**base.model_dump(), **changes})
 
 
 class CameraConfig(FrozenModel):
-    """One camera (the daemon issue fills in ingest and per-camera overrides)."""
+    """One camera: where to pull it from, and how its stream is anonymized."""
 
     name: str = Field(description="path of the republished stream: rtsp://<bind>:<port>/<name>")
     url: str = Field(description="the camera's RTSP URL")
     enabled: bool = Field(True, description="false: keep the entry but do not open the stream")
+    credentials: CameraCredentialsConfig | None = Field(
+        None, description="user and password for the camera (instead of user:pass@ in the url)"
+    )
+    anonymize: tuple[str, ...] | None = Field(
+        None, min_length=1, description="class names to blur on this camera; null: the global list"
+    )
+    blur: BlurOverrideConfig = Field(
+        BlurOverrideConfig(), description="changes to the global blur block for this camera"
+    )
 
     @field_validator("name")
     @classmethod
@@ -122,10 +218,82 @@ class CameraConfig(FrozenModel):
             raise ValueError("camera url must start with rtsp:// or rtsps://")
         return value
 
+    @field_validator("anonymize")
+    @classmethod
+    def _unique_classes(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("anonymize lists a class twice")
+        return value
+
+
+class IngestConfig(FrozenModel):
+    """How camera streams are pulled (the same for every camera)."""
+
+    latency_ms: int = Field(100, ge=0, le=5000, description="rtspsrc jitter buffer, ms")
+    watchdog_s: float = Field(
+        3.0, gt=0.0, le=300.0, description="no frame for this long: the camera counts as hung"
+    )
+    connect_timeout_s: float = Field(
+        5.0, gt=0.0, le=300.0, description="how long a (re)connect may take to give a frame"
+    )
+    backoff_initial_s: float = Field(
+        0.5, gt=0.0, le=60.0, description="first wait before a reconnect"
+    )
+    backoff_max_s: float = Field(30.0, gt=0.0, le=3600.0, description="cap of the doubling wait")
+    stale_frames: int = Field(
+        2, ge=0, le=300, description="frames dropped right after each (re)connect"
+    )
+
+    @model_validator(mode="after")
+    def _backoff_range(self) -> IngestConfig:
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ValueError("backoff_initial_s must not exceed backoff_max_s")
+        return self
+
+
+class ViewerUserConfig(SecretConfig):
+    username: str = Field(min_length=1, description="user name viewers log in with")
+
+    @model_validator(mode="after")
+    def _password_given(self) -> ViewerUserConfig:
+        if not self.has_password:
+            raise ValueError("a viewer needs password_file, password_credential or password")
+        return self
+
+
+class ViewersConfig(FrozenModel):
+    """Who may watch the anonymized streams (RTSP Digest authentication)."""
+
+    auth: bool = Field(
+        True, description="require a user name and password; false only if said explicitly"
+    )
+    users: tuple[ViewerUserConfig, ...] = Field((), description="who may watch every stream")
+
 
 class ServerConfig(FrozenModel):
     bind: str = Field("127.0.0.1", description="address of the RTSP server for viewers")
     port: int = Field(8554, ge=1, le=65535, description="TCP port of the RTSP server")
+
+
+class MetricsConfig(FrozenModel):
+    enabled: bool = Field(True, description="serve /metrics and /healthz over HTTP")
+    bind: str = Field("127.0.0.1", description="address of the metrics/health endpoint")
+    port: int = Field(9108, ge=1, le=65535, description="TCP port of the metrics/health endpoint")
+    health_window_s: float = Field(
+        5.0, gt=0.0, le=600.0,
+        description="/healthz is 200 only if every enabled camera published an anonymized frame"
+        " within this many seconds",
+    )
+
+
+class ServiceConfig(FrozenModel):
+    heartbeat_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0,
+        description="a stage whose heartbeat is older than this stops the systemd watchdog",
+    )
+    stop_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0, description="the most a clean shutdown may take"
+    )
 
 
 class Config(FrozenModel):
@@ -136,6 +304,10 @@ class Config(FrozenModel):
     blur: BlurConfig = Field(BlurConfig(), description="how objects are blurred (DESIGN 2)")
     analysis: AnalysisConfig = Field(AnalysisConfig(), description="how frames are analyzed")
     server: ServerConfig = Field(ServerConfig(), description="where anonymized streams are served")
+    viewers: ViewersConfig = Field(ViewersConfig(), description="viewer authentication")
+    ingest: IngestConfig = Field(IngestConfig(), description="how camera streams are pulled")
+    metrics: MetricsConfig = Field(MetricsConfig(), description="Prometheus metrics and /healthz")
+    service: ServiceConfig = Field(ServiceConfig(), description="systemd watchdog and shutdown")
     cameras: tuple[CameraConfig, ...] = Field((), description="cameras to anonymize and republish")
 
     @field_validator("anonymize")
@@ -152,3 +324,32 @@ class Config(FrozenModel):
         if len(set(names)) != len(names):
             raise ValueError("two cameras share a name")
         return value
+
+    @model_validator(mode="after")
+    def _cameras_consistent(self) -> Config:
+        for index, camera in enumerate(self.cameras):
+            try:
+                camera.blur.apply(self.blur)
+            except ValueError as exc:
+                raise ValueError(f"cameras[{index}].blur: {_first_error(exc)}") from None
+        enabled = any(c.enabled for c in self.cameras)
+        if enabled and self.viewers.auth and not self.viewers.users:
+            raise ValueError(
+                "viewers.auth is on but viewers.users is empty: add a user, or set"
+                " viewers.auth: false to serve the anonymized streams without a password"
+            )
+        return self
+
+    def camera_blur(self, camera: CameraConfig) -> BlurConfig:
+        return camera.blur.apply(self.blur)
+
+    def camera_classes(self, camera: CameraConfig) -> tuple[str, ...]:
+        return camera.anonymize if camera.anonymize is not None else self.anonymize
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return str(first["msg"]).removeprefix("Value error, ")
+    return str(exc)

@@ -1,0 +1,1 @@
+"""Per-camera pipeline: ingest -> analysis -> anonymizer -> publisher, failing closed."""

@@ -1,0 +1,1 @@
+"""Running under systemd: supervisor, signals, sd_notify, reload, credentials."""

@@ -1,0 +1,228 @@
+"""The supervisor: owns the analyzer, the RTSP server, metrics and one pipeline per camera;
+applies a new config by restarting only the cameras it changes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+
+import numpy as np
+
+from daemon.analysis import Analyzer, class_ids, create_analyzer
+from daemon.anonymizer.cpu import CpuAnonymizer
+from daemon.config import CameraConfig, Config
+from daemon.errors import ConfigError
+from daemon.metrics import Metrics, MetricsServer
+from daemon.pipeline.camera import CameraPipeline, CameraSetup
+from daemon.service.credentials import read_secret
+from daemon.streams.ingest import CameraSource
+from daemon.streams.publish import CameraPublisher, RtspServer, ViewerLogin
+
+log = logging.getLogger(__name__)
+
+
+def viewer_logins(config: Config) -> list[ViewerLogin] | None:
+    """The viewer accounts, or None when the config turns authentication off explicitly."""
+    viewers = config.viewers
+    if not viewers.auth:
+        return None
+    logins = []
+    for index, user in enumerate(viewers.users):
+        password = read_secret(user, f"viewers.users[{index}] ({user.username})")
+        if password is None:  # the model validator requires a source; keep the type checker calm
+            raise ConfigError(f"viewers.users[{index}]: no password")
+        logins.append(ViewerLogin(user.username, password))
+    if not logins:
+        log.warning("viewers.auth is on and viewers.users is empty: nobody can watch")
+    return logins
+
+
+def camera_setup(config: Config, camera: CameraConfig, analyzer: Analyzer) -> CameraSetup:
+    """Resolve one camera's credentials, classes and blur (ConfigError/ModelError if unusable)."""
+    password = username = None
+    if camera.credentials is not None:
+        username = camera.credentials.username
+        password = read_secret(camera.credentials, f"camera {camera.name} credentials")
+    names = config.camera_classes(camera)
+    ids = class_ids(analyzer.manifest, names)
+    return CameraSetup(
+        name=camera.name,
+        source=CameraSource.parse(camera.url, username, password),
+        protected=ids,
+        class_names=dict(zip(ids, names, strict=True)),
+        fail_style=config.camera_blur(camera).fail_closed,
+        analysis=config.analysis,
+        ingest=config.ingest,
+    )
+
+
+def _camera_inputs(config: Config, camera: CameraConfig) -> tuple[object, ...]:
+    """What a running camera depends on: if any of it changes, the camera restarts."""
+    return (camera, config.anonymize, config.blur, config.analysis, config.ingest)
+
+
+class Supervisor:
+    """Context manager: `with Supervisor(config) as s:` starts everything, exit stops it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self._analyzer: Analyzer | None = None
+        self._server: RtspServer | None = None
+        self._metrics_server: MetricsServer | None = None
+        self._cameras: dict[str, tuple[tuple[object, ...], CameraPipeline, CameraPublisher]] = {}
+        self._lock = threading.Lock()
+
+    # --- start / stop ---------------------------------------------------------------------
+
+    def __enter__(self) -> Supervisor:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        config = self.config
+        logins = viewer_logins(config)
+        self._analyzer = create_analyzer(config)
+        self._warm_anonymizer()
+        self._server = RtspServer(config.server.bind, config.server.port, logins)
+        self._server.start()
+        if config.metrics.enabled:
+            self._metrics_server = MetricsServer(
+                config.metrics.bind, config.metrics.port, self.metrics, self.health,
+                self._refresh_gauges)
+            self._metrics_server.start()
+        self._apply_cameras(config)
+
+    def _warm_anonymizer(self) -> None:
+        """Compile the fast blur path now (numba), not on the first camera frame."""
+        assert self._analyzer is not None
+        ids = class_ids(self._analyzer.manifest, self.config.anonymize)
+        frame = np.full((64, 64, 3), 128, np.uint8)
+        labels = np.zeros((64, 64), np.uint8)
+        labels[16:48, 16:48] = ids[0]
+        started = time.monotonic()
+        CpuAnonymizer(ids, self.config.blur).anonymize(frame, labels)
+        log.info("anonymizer warm (%.1f s)", time.monotonic() - started)
+
+    def stop(self) -> None:
+        """Stop every camera (in parallel), then the servers, within service.stop_timeout_s."""
+        timeout = self.config.service.stop_timeout_s
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            names = list(self._cameras)
+        self._stop_cameras(names, timeout * 0.6)
+        if self._server is not None:
+            self._server.stop(max(0.5, deadline - time.monotonic()))
+            self._server = None
+        if self._metrics_server is not None:
+            self._metrics_server.stop(max(0.5, deadline - time.monotonic()))
+            self._metrics_server = None
+
+    # --- cameras --------------------------------------------------------------------------
+
+    def _start_camera(self, config: Config, camera: CameraConfig) -> None:
+        assert self._analyzer is not None and self._server is not None
+        setup = camera_setup(config, camera, self._analyzer)
+        anonymizer = CpuAnonymizer(setup.protected, config.camera_blur(camera))
+        publisher = CameraPublisher(camera.name, 0.0)
+        pipeline = CameraPipeline(setup, self._analyzer, anonymizer, publisher, self.metrics)
+        self._server.mount(publisher)
+        pipeline.start()
+        with self._lock:
+            self._cameras[camera.name] = (_camera_inputs(config, camera), pipeline, publisher)
+        log.info("camera %s: started", camera.name)
+
+    def _stop_cameras(self, names: Iterable[str], timeout: float) -> None:
+        with self._lock:
+            entries = [(n, self._cameras.pop(n)) for n in names if n in self._cameras]
+        threads = []
+        for name, (_, pipeline, publisher) in entries:
+            thread = threading.Thread(target=pipeline.stop, args=(timeout,),
+                                      name=f"stop-{name}", daemon=True)
+            thread.start()
+            threads.append(thread)
+            if self._server is not None:
+                self._server.unmount(publisher)
+        deadline = time.monotonic() + timeout + 0.5
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for name, _ in entries:
+            self.metrics.forget_camera(name)
+            log.info("camera %s: stopped", name)
+
+    def _apply_cameras(self, config: Config) -> None:
+        """Start, stop and restart cameras so that the running set matches `config`."""
+        wanted = {c.name: c for c in config.cameras if c.enabled}
+        with self._lock:
+            running = {n: inputs for n, (inputs, _, _) in self._cameras.items()}
+        changed = [n for n, inputs in running.items()
+                   if n not in wanted or inputs != _camera_inputs(config, wanted[n])]
+        self._stop_cameras(changed, config.service.stop_timeout_s * 0.6)
+        for name, camera in wanted.items():
+            if name not in running or name in changed:
+                self._start_camera(config, camera)
+
+    def reload(self, config: Config) -> None:
+        """Apply `config`. Parts that need a restart (model, server, metrics) are kept as they
+        are, with a warning. A camera whose setup cannot be resolved raises ConfigError before
+        anything changes."""
+        assert self._analyzer is not None
+        for camera in config.cameras:
+            if camera.enabled:
+                camera_setup(config, camera, self._analyzer)  # credentials and classes resolve
+        for part in ("model", "server", "viewers", "metrics"):
+            if getattr(config, part) != getattr(self.config, part):
+                log.warning("reload: %s settings changed; they take effect only after a restart",
+                            part)
+        kept = config.model_copy(update={
+            "model": self.config.model, "server": self.config.server,
+            "viewers": self.config.viewers, "metrics": self.config.metrics})
+        self._apply_cameras(kept)
+        self.config = kept
+        log.info("reload: configuration applied (%d cameras running)", len(self._cameras))
+
+    # --- health ---------------------------------------------------------------------------
+
+    def stale_stages(self) -> list[str]:
+        """Stages whose heartbeat is too old; empty while everything is alive."""
+        limit = self.config.service.heartbeat_timeout_s
+        stale: list[str] = []
+        if self._server is not None and time.monotonic() - self._server.heartbeat > limit:
+            stale.append("rtsp-server")
+        with self._lock:
+            pipelines = [p for _, p, _ in self._cameras.values()]
+        for pipeline in pipelines:
+            stale.extend(pipeline.stale_stages(limit))
+        return stale
+
+    def health(self) -> tuple[bool, list[str]]:
+        window = self.config.metrics.health_window_s
+        with self._lock:
+            pipelines = [p for _, p, _ in self._cameras.values()]
+        lines = [f"{p.name}: {'publishing' if p.publishing(window) else 'NOT publishing'}"
+                 for p in pipelines]
+        stale = self.stale_stages()
+        lines.extend(f"stale stage: {s}" for s in stale)
+        ok = all(p.publishing(window) for p in pipelines) and not stale
+        return ok, lines
+
+    def _refresh_gauges(self) -> None:
+        window = self.config.metrics.health_window_s
+        with self._lock:
+            cameras = list(self._cameras.values())
+        for _, pipeline, publisher in cameras:
+            self.metrics.viewers.set(pipeline.name, value=publisher.viewers)
+            self.metrics.up.set(pipeline.name, value=1.0 if pipeline.publishing(window) else 0.0)
+
+    def status_line(self) -> str:
+        ok, _ = self.health()
+        return f"{len(self._cameras)} cameras, {'healthy' if ok else 'degraded'}"

@@ -1,0 +1,312 @@
+"""Test helpers for the daemon: a real RTSP test camera (GstRtspServer serving a pre-encoded
+clip on 127.0.0.1, in a subprocess, so tests can SIGKILL, SIGSTOP and restart it like a real
+camera), clips with a known sensitive square, and an ffmpeg RTSP client.
+
+Camera: python tests/rtsp_camera.py --port P --clip FILE [--path /cam] [--user u --password p]
+It exits by itself after --lifetime seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# The "sensitive region": a checkerboard square painted into every frame of a marked clip. A raw
+# frame shows it; anonymized or fail-closed frames never do.
+MARK_BOX = (48, 48, 96, 96)  # x, y, w, h
+MARK_CELL = 8
+
+
+def mark_pattern(h: int, w: int):
+    import numpy as np
+
+    yy, xx = np.mgrid[0:h, 0:w]
+    board = ((yy // MARK_CELL + xx // MARK_CELL) % 2).astype(np.uint8)
+    return np.where(board[..., None] == 1, np.uint8(255), np.uint8(0)).repeat(3, axis=2)
+
+
+def leak_score(frame) -> float:
+    """Correlation (-1..1) of the MARK_BOX region of a BGR frame with the checkerboard: about
+    0.9 on a raw (decoded) marked frame, near 0 once the square is blurred or replaced."""
+    import numpy as np
+
+    x, y, w, h = MARK_BOX
+    region = frame[y:y + h, x:x + w].astype(np.float32).mean(axis=2)
+    pattern = mark_pattern(h, w)[..., 0].astype(np.float32)
+    region -= region.mean()
+    pattern -= pattern.mean()
+    denom = float(np.sqrt((region**2).sum() * (pattern**2).sum()))
+    return float((region * pattern).sum() / denom) if denom > 0 else 0.0
+
+
+def looped_clip(source: Path, target: Path, loops: int) -> Path:
+    """`source` played `loops` times, stream-copied (no re-encode): a long real camera feed."""
+    if not target.exists():
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-stream_loop",
+                        str(loops - 1), "-i", str(source), "-an", "-c", "copy", str(target)],
+                       check=True, timeout=120)
+    return target
+
+
+def marked_clip(source: Path, target: Path, loops: int) -> Path:
+    """`source` with the checkerboard painted over MARK_BOX in every frame, H.264, looped."""
+    import cv2
+
+    if not target.exists():
+        x, y, w, h = MARK_BOX
+        png = target.with_suffix(".mark.png")
+        cv2.imwrite(str(png), mark_pattern(h, w))
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-stream_loop", str(loops - 1),
+             "-i", str(source), "-i", str(png), "-filter_complex", f"[0:v][1:v]overlay={x}:{y}",
+             "-an", "-c:v", "libx264", "-preset", "ultrafast", "-g", "15", "-bf", "0",
+             "-pix_fmt", "yuv420p", str(target)],
+            check=True, timeout=300)
+    return target
+
+
+class FfmpegClient:
+    """A real RTSP viewer: ffmpeg (TCP) decoding to raw BGR on a pipe, read in a thread.
+
+    Keeps, per frame, the arrival time and `leak_score`; keeps every `keep_every`-th frame.
+    """
+
+    def __init__(self, url: str, width: int, height: int, *, keep_every: int = 10,
+                 timeout: float = 60.0) -> None:
+        import threading
+
+        self.url = url
+        self.width = width
+        self.height = height
+        self.arrivals: list[float] = []
+        self.scores: list[float] = []
+        self.kept: list[tuple[int, object]] = []
+        self._keep_every = keep_every
+        self.proc = subprocess.Popen(
+            ["timeout", "-s", "KILL", str(timeout), "ffmpeg", "-nostdin", "-loglevel", "error",
+             "-rtsp_transport", "tcp", "-fflags", "nobuffer", "-flags", "low_delay",
+             "-i", url, "-an", "-f", "rawvideo", "-pix_fmt", "bgr24",
+             "-fps_mode", "passthrough", "pipe:1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        import numpy as np
+
+        size = self.width * self.height * 3
+        assert self.proc.stdout is not None
+        while True:
+            data = self.proc.stdout.read(size)
+            if len(data) < size:
+                return
+            frame = np.frombuffer(data, np.uint8).reshape(self.height, self.width, 3)
+            index = len(self.arrivals)
+            self.arrivals.append(time.monotonic())
+            self.scores.append(leak_score(frame))
+            if index % self._keep_every == 0:
+                self.kept.append((index, frame))
+
+    @property
+    def frames(self) -> int:
+        return len(self.arrivals)
+
+    def wait_frames(self, count: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.frames >= count:
+                return True
+            if self.proc.poll() is not None and not self._thread.is_alive():
+                return False
+            time.sleep(0.05)
+        return False
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> str:
+        """Stop ffmpeg; its stderr."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._thread.join(5)
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read().decode(errors="replace")
+
+    def fps(self, since: float = 0.0) -> float:
+        times = [t for t in self.arrivals if t >= since]
+        if len(times) < 2:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0])
+
+
+class FakeAnalyzer:
+    """The analyzer seam, faked: MARK_BOX is a person; files in `control` make it misbehave
+    (`fail`: raise EngineError; `slow`: sleep that many seconds per call)."""
+
+    def __init__(self, manifest, control: Path) -> None:
+        from daemon.analysis import class_ids
+
+        self.manifest = manifest
+        self._person = class_ids(manifest, ["person"])[0]
+        self._control = control
+
+    def labels(self, frame):
+        import numpy as np
+
+        from daemon.errors import EngineError
+
+        if (self._control / "fail").exists():
+            raise EngineError("forced failure (test)")
+        slow = self._control / "slow"
+        if slow.exists():
+            time.sleep(float(slow.read_text() or "2"))
+        labels = np.zeros(frame.shape[:2], np.uint8)
+        x, y, w, h = MARK_BOX
+        labels[y:y + h, x:x + w] = self._person
+        time.sleep(0.03)  # about the real model's cost
+        return labels
+
+
+def run_daemon_with_fake_analyzer(control: Path, argv: list[str]) -> int:
+    """`anonymizer ARGV` in this process with the analyzer replaced by FakeAnalyzer."""
+    from daemon import cli
+    from daemon.analysis import load_manifest
+    from daemon.service import supervisor
+
+    def fake(config):
+        return FakeAnalyzer(load_manifest(config.model.manifest_path), control)
+
+    supervisor.create_analyzer = fake
+    return cli.main(argv)
+
+
+def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "fake-daemon":
+        return run_daemon_with_fake_analyzer(Path(sys.argv[2]), sys.argv[3:])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--clip", type=Path, required=True)
+    parser.add_argument("--path", default="/cam")
+    parser.add_argument("--user")
+    parser.add_argument("--password")
+    parser.add_argument("--lifetime", type=float, default=600.0)
+    args = parser.parse_args()
+
+    import gi
+
+    gi.require_version("Gst", "1.0")
+    gi.require_version("GstRtspServer", "1.0")
+    from gi.repository import GLib, Gst, GstRtspServer
+
+    Gst.init(None)
+    clip = str(args.clip.resolve())
+    demux = "matroskademux" if clip.endswith(".mkv") else "qtdemux"
+    # pre-encoded: stream-copied, paced by the RTSP server's clock (a live camera's rate)
+    launch = (f"( filesrc location={clip} ! {demux} ! h264parse ! "
+              "rtph264pay name=pay0 pt=96 config-interval=1 )")
+    server = GstRtspServer.RTSPServer()
+    server.set_address("127.0.0.1")
+    server.set_service(str(args.port))
+    factory = GstRtspServer.RTSPMediaFactory()
+    factory.set_launch(launch)
+    factory.set_shared(True)
+    if args.user:
+        from gi.repository import GstRtsp
+
+        auth = GstRtspServer.RTSPAuth()
+        token = GstRtspServer.RTSPToken()
+        token.set_string("media.factory.role", "cam")
+        auth.add_digest(args.user, args.password, token)
+        auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+        server.set_auth(auth)
+        perms = GstRtspServer.RTSPPermissions()
+        perms.add_permission_for_role("cam", "media.factory.access", True)
+        perms.add_permission_for_role("cam", "media.factory.construct", True)
+        factory.set_permissions(perms)
+    server.get_mount_points().add_factory(args.path, factory)
+    loop = GLib.MainLoop()
+    if not server.attach(None):
+        print("cannot listen", flush=True)
+        return 1
+    GLib.timeout_add(int(args.lifetime * 1000), loop.quit)
+    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGTERM, loop.quit)
+    print("READY", flush=True)
+    loop.run()
+    return 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+class TestCamera:
+    """The camera subprocess; `start()`, `kill()`, `pause()`/`resume()` (SIGSTOP/SIGCONT)."""
+
+    def __init__(self, clip: Path, port: int | None = None, *,
+                 user: str | None = None, password: str | None = None,
+                 lifetime: float = 600.0) -> None:
+        self.clip = clip
+        self.port = port or free_port()
+        self.user = user
+        self.password = password
+        self.lifetime = lifetime
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/cam"
+
+    def start(self) -> TestCamera:
+        command = [sys.executable, __file__, "--port", str(self.port), "--clip", str(self.clip),
+                   "--lifetime", str(self.lifetime)]
+        if self.user:
+            command += ["--user", self.user, "--password", self.password or ""]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     env={**os.environ, "GST_DEBUG": "0"})
+        if not wait_port(self.port, 15.0):
+            self.kill()
+            raise RuntimeError(f"test camera on port {self.port} did not start")
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
