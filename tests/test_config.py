@@ -330,3 +330,33 @@ def test_check_config_cli_warns_about_a_missing_model(tmp_path: Path) -> None:
     result = _cli(str(path))
     assert result.returncode == 0
     assert f"model file {tmp_path / 'absent.onnx'} does not exist" in result.stderr
+
+
+def test_viewer_auth_needs_users_unless_turned_off_explicitly(tmp_path: Path) -> None:
+    camera = "cameras:\n  - name: a\n    url: rtsp://10.0.0.1/s\n"
+    path = _write(tmp_path, camera)
+    (line,) = _errors(path)
+    assert "viewers.auth is on but viewers.users is empty" in line
+    off = _write(tmp_path, camera + "viewers:\n  auth: false\n")
+    assert load_config(off).viewers.auth is False
+
+
+def test_camera_blur_override_is_checked_against_the_global_block(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "viewers: {auth: false}\n"
+        "cameras:\n  - name: a\n    url: rtsp://h/s\n    blur: {min_kernel: 301}\n",
+    )
+    (line,) = _errors(path)
+    assert "cameras[0].blur: min_kernel (301) must not exceed max_kernel (255)" in line
+
+
+def test_camera_credentials_accept_one_password_source(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "viewers: {auth: false}\n"
+        "cameras:\n  - name: a\n    url: rtsp://h/s\n"
+        "    credentials: {username: u, password: x, password_credential: y}\n",
+    )
+    (line,) = _errors(path)
+    assert ":5:5: cameras[0].credentials: " in line and "at most one" in line

@@ -1,0 +1,79 @@
+"""Credentials, redaction, camera URLs, metrics rendering: the daemon's small parts."""
+
+from pathlib import Path
+
+import pytest
+
+from daemon.config import CameraCredentialsConfig, Config, ViewerUserConfig
+from daemon.errors import ConfigError
+from daemon.metrics import Metrics
+from daemon.service.credentials import read_secret
+from daemon.streams.gst import redact
+from daemon.streams.ingest import CameraSource
+
+
+def test_redact_urls_and_properties() -> None:
+    line = "error rtsp://admin:hunter2@10.0.0.5:554/s1 user-pw=hunter2 location=rtsp://h/x"
+    out = redact(line)
+    assert "hunter2" not in out and "admin" not in out
+    assert "rtsp://***@10.0.0.5:554/s1" in out and "rtsp://h/x" in out
+
+
+def test_camera_source_splits_credentials_out_of_the_url() -> None:
+    source = CameraSource.parse("rtsp://us%40er:p%3Ass@cam.local:8554/live?x=1")
+    assert source.location == "rtsp://cam.local:8554/live?x=1"
+    assert (source.username, source.password) == ("us@er", "p:ss")
+    assert "p:ss" not in repr(source)
+    explicit = CameraSource.parse("rtsp://a:b@h/x", "user", "pw")
+    assert (explicit.username, explicit.password) == ("user", "pw")
+
+
+def test_secret_from_file_and_from_credentials_directory(tmp_path: Path) -> None:
+    (tmp_path / "cam-pass").write_text("s3cret\n")
+    by_file = CameraCredentialsConfig(username="u", password_file=tmp_path / "cam-pass")
+    assert read_secret(by_file, "camera x", {}) == "s3cret"
+    by_credential = CameraCredentialsConfig(username="u", password_credential="cam-pass")
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    assert read_secret(by_credential, "camera x", env) == "s3cret"
+    with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY"):
+        read_secret(by_credential, "camera x", {})
+    missing = CameraCredentialsConfig(username="u", password_file=tmp_path / "nope")
+    with pytest.raises(ConfigError, match="camera x: cannot read password file"):
+        read_secret(missing, "camera x", {})
+
+
+def test_one_password_source_at_most_and_viewers_need_one() -> None:
+    with pytest.raises(ValueError, match="at most one"):
+        CameraCredentialsConfig(username="u", password="a", password_file=Path("/x"))
+    with pytest.raises(ValueError, match="needs password_file"):
+        ViewerUserConfig(username="v")
+
+
+def test_metrics_render_prometheus_text() -> None:
+    metrics = Metrics()
+    metrics.frames_in.inc("cam1", amount=3)
+    metrics.published_fail_closed.inc("cam1", "analyzer_error")
+    metrics.analysis_seconds.observe("cam1", value=0.04)
+    metrics.viewers.set("cam1", value=2)
+    text = metrics.render()
+    assert 'anonymizer_frames_in_total{camera="cam1"} 3' in text
+    assert ('anonymizer_frames_published_fail_closed_total{camera="cam1",'
+            'reason="analyzer_error"} 1') in text
+    assert 'anonymizer_analysis_latency_seconds_bucket{camera="cam1",le="0.05"} 1' in text
+    assert 'anonymizer_analysis_latency_seconds_bucket{camera="cam1",le="0.025"} 0' in text
+    assert 'anonymizer_viewers{camera="cam1"} 2' in text
+    metrics.forget_camera("cam1")
+    assert 'camera="cam1"' not in metrics.render()
+
+
+def test_per_camera_overrides_resolve_against_the_globals() -> None:
+    config = Config(
+        viewers={"auth": False},
+        blur={"kernel_fraction": 0.5},
+        cameras=[{"name": "a", "url": "rtsp://h/a", "blur": {"fail_closed": "black"},
+                  "anonymize": ["person", "car"]}],
+    )
+    camera = config.cameras[0]
+    blur = config.camera_blur(camera)
+    assert blur.fail_closed == "black" and blur.kernel_fraction == 0.5
+    assert config.camera_classes(camera) == ("person", "car")
