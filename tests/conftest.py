@@ -1,5 +1,6 @@
 """Shared pytest fixtures."""
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,3 +60,39 @@ def clip_segment(
         return target
 
     return make
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--gpu",
+        action="store_true",
+        help="GPU run: tests marked gpu fail (instead of skipping) where no usable GPU is found",
+    )
+
+
+@functools.cache
+def _gpu_unavailable() -> str | None:
+    """Why GPU tests cannot run here (None: a CUDA device answered an allocation)."""
+    from daemon.errors import BackendUnavailable
+    from daemon.gpu.backend import cupy_module
+
+    try:
+        cupy = cupy_module()
+        cupy.zeros(1).get()
+    except BackendUnavailable as exc:
+        return str(exc)
+    except Exception as exc:  # a device that exists but cannot allocate is as good as none
+        return f"CUDA allocation failed: {exc}"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked gpu skip with the reason where there is no GPU, and fail under --gpu."""
+    if item.get_closest_marker("gpu") is None:
+        return
+    reason = _gpu_unavailable()
+    if reason is None:
+        return
+    if item.config.getoption("--gpu"):
+        pytest.fail(f"--gpu given but no usable GPU: {reason}", pytrace=False)
+    pytest.skip(f"needs an NVIDIA GPU (run with --gpu on one): {reason}")

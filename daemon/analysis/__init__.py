@@ -14,8 +14,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Analyzer", "Manifest", "class_ids", "create_analyzer", "load_manifest"]
 
-GPU_UNAVAILABLE = "GPU backend not available in this build"
-
 
 class Analyzer(Protocol):
     """Labels every pixel of a frame with a class id of `manifest`."""
@@ -37,9 +35,15 @@ def create_analyzer(config: Config) -> Analyzer:
         case "cpu":
             pass
         case "auto":
-            log.info("device auto: using ONNX Runtime on the CPU (%s)", GPU_UNAVAILABLE)
+            try:
+                return _gpu_analyzer(config)
+            except BackendUnavailable as exc:
+                log.info("device auto: using ONNX Runtime on the CPU (GPU unavailable: %s)", exc)
         case "gpu":
-            raise BackendUnavailable(f"model.device is gpu: {GPU_UNAVAILABLE}")
+            try:
+                return _gpu_analyzer(config)
+            except BackendUnavailable as exc:
+                raise BackendUnavailable(f"model.device is gpu: {exc}") from exc
     from daemon.analysis.onnx_backend import OnnxAnalyzer
 
     manifest = load_manifest(config.model.manifest_path)
@@ -51,3 +55,10 @@ def create_analyzer(config: Config) -> Analyzer:
         tiling=config.analysis.tiling,
         protected=protected,
     )
+
+
+def _gpu_analyzer(config: Config) -> Analyzer:
+    """The TensorRT analyzer; BackendUnavailable says why not (no CuPy, driver, TensorRT)."""
+    from daemon.gpu.backend import create_gpu_analyzer
+
+    return create_gpu_analyzer(config)

@@ -1,0 +1,108 @@
+"""The GPU analyzer: a TensorRT plan run on CuPy buffers and a CuPy stream, pre- and
+post-processing in kernels.cu, labels at frame resolution on the device."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from daemon.analysis.manifest import Manifest
+from daemon.errors import EngineError, ModelError
+from daemon.gpu.analysis import preprocess_on, upsampled_argmax_on, upsampled_nearest_on
+from daemon.types import Image, LabelMap, check_image
+
+log = logging.getLogger(__name__)
+
+
+class TrtAnalyzer:
+    """`labels(frame)` from a TensorRT plan of a manifest-described model, on one GPU."""
+
+    def __init__(self, trt: ModuleType, device: Any, plan: Path, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self._trt = trt
+        self._device = device
+        self._cupy = device.cupy
+        self._kernels = device.kernels
+        self._stream = device.stream
+        logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(logger)
+        self._engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+        if self._engine is None:
+            raise ModelError(f"TensorRT could not load the plan {plan} (rebuild it)")
+        self._context = self._engine.create_execution_context()
+        spec = manifest.input
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        self._input = _one(inputs, spec.name, "input", plan)
+        self._output = _one(outputs, manifest.output.name, "output", plan)
+        if spec.size == "dynamic":
+            self._context.set_input_shape(self._input, (1, 3, spec.height, spec.width))
+        cp = self._cupy
+        with self._stream:
+            self._tensor = cp.empty((1, 3, spec.height, spec.width), dtype=cp.float32)
+            self._inbuf = self._buffer(self._input)
+            self._outbuf = self._buffer(self._output)
+        if tuple(self._inbuf.shape) != (1, 3, spec.height, spec.width):
+            raise ModelError(
+                f"plan {plan}: input {self._input!r} is {tuple(self._inbuf.shape)}, manifest "
+                f"{manifest.name!r} says 1 x 3 x {spec.height} x {spec.width}"
+            )
+        self._context.set_tensor_address(self._input, int(self._inbuf.data.ptr))
+        self._context.set_tensor_address(self._output, int(self._outbuf.data.ptr))
+        blank = np.zeros((spec.height, spec.width, 3), dtype=np.uint8)
+        try:
+            self.labels(blank)
+        except EngineError as exc:
+            raise ModelError(f"plan {plan}: warm-up run failed: {exc}") from exc
+        log.info("analyzer ready: TensorRT %s, model %s, plan %s", trt.__version__,
+                 manifest.name, plan.name)
+
+    def _buffer(self, name: str) -> Any:
+        shape = tuple(self._context.get_tensor_shape(name))
+        dtype = np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name)))
+        return self._cupy.empty(shape, dtype=dtype)
+
+    def labels(self, frame: Image) -> LabelMap:
+        """H x W class ids for an H x W x 3 BGR frame; EngineError on any failure."""
+        try:
+            check_image(frame)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from exc
+        with self._stream:
+            labels = self.labels_on_device(self._cupy.asarray(frame))
+            return labels.get()
+
+    def labels_on_device(self, frame: Any) -> Any:
+        """Labels (cupy, H x W uint8) of a frame already on the device (cupy, H x W x 3 BGR)."""
+        cp, spec = self._cupy, self.manifest.input
+        height, width = frame.shape[:2]
+        if height == 0 or width == 0:
+            raise EngineError(f"expected a non-empty frame, got {frame.shape}")
+        with self._stream:
+            preprocess_on(
+                frame, spec.height, spec.width, spec.colour_order, spec.mean, spec.std,
+                self._kernels, out=self._tensor,
+            )
+            cp.copyto(self._inbuf, self._tensor, casting="same_kind")
+            if not self._context.execute_async_v3(self._stream.ptr):
+                raise EngineError("TensorRT execution failed (see its log)")
+            result = self._outbuf[0]
+            if self.manifest.output.kind == "logits":
+                logits = result.astype(cp.float32, copy=False)
+                return upsampled_argmax_on(logits, height, width, self._kernels)
+            return upsampled_nearest_on(result, height, width, self._kernels)
+
+
+def _one(names: list[str], wanted: str | None, what: str, plan: Path) -> str:
+    if wanted is not None:
+        if wanted not in names:
+            raise ModelError(f"plan {plan}: no {what} {wanted!r}; it has {names}")
+        return wanted
+    if len(names) != 1:
+        raise ModelError(f"plan {plan}: {len(names)} {what}s; name one in the manifest")
+    return names[0]
