@@ -191,9 +191,25 @@ def run_daemon_with_fake_analyzer(control: Path, argv: list[str]) -> int:
     return cli.main(argv)
 
 
+def daemon_main(argv: list[str]) -> int:
+    """`daemon LIFETIME CONTROL|- ANONYMIZER-ARGS...`: the daemon, killed after LIFETIME s
+    whatever happens (a crashed test run leaves nothing behind); CONTROL: fake analyzer."""
+    import threading
+
+    lifetime, control, rest = float(argv[0]), argv[1], argv[2:]
+    timer = threading.Timer(lifetime, os.kill, (os.getpid(), signal.SIGKILL))
+    timer.daemon = True
+    timer.start()
+    if control == "-":
+        from daemon import cli
+
+        return cli.main(rest)
+    return run_daemon_with_fake_analyzer(Path(control), rest)
+
+
 def main() -> int:
-    if len(sys.argv) > 2 and sys.argv[1] == "fake-daemon":
-        return run_daemon_with_fake_analyzer(Path(sys.argv[2]), sys.argv[3:])
+    if len(sys.argv) > 1 and sys.argv[1] == "daemon":
+        return daemon_main(sys.argv[2:])
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--clip", type=Path, required=True)
@@ -263,7 +279,7 @@ def wait_port(port: int, timeout: float) -> bool:
     return False
 
 
-class TestCamera:
+class CameraProcess:
     """The camera subprocess; `start()`, `kill()`, `pause()`/`resume()` (SIGSTOP/SIGCONT)."""
 
     def __init__(self, clip: Path, port: int | None = None, *,
@@ -280,7 +296,7 @@ class TestCamera:
     def url(self) -> str:
         return f"rtsp://127.0.0.1:{self.port}/cam"
 
-    def start(self) -> TestCamera:
+    def start(self) -> CameraProcess:
         command = [sys.executable, __file__, "--port", str(self.port), "--clip", str(self.clip),
                    "--lifetime", str(self.lifetime)]
         if self.user:

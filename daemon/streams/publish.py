@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
+import numpy as np
 
 from daemon.errors import StreamError
 from daemon.pipeline.safe import SafeFrame
@@ -35,6 +37,30 @@ def encoder_description(fps: float) -> str:
         return f"nvh264enc zerolatency=true gop-size={gop} bitrate=4000"
     return (f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} bitrate=4000"
             " threads=2")
+
+
+def bgr_to_gst_i420(image: np.ndarray) -> bytes:
+    """H x W x 3 BGR (even W, H) as an I420 buffer in GStreamer's default layout (rows padded
+    to 4 bytes: a 340 px wide frame has 172-byte chroma rows, not cv2's 170)."""
+    height, width = image.shape[:2]
+    i420 = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
+    cw, ch = width // 2, height // 2
+    ys, cs = _round4(width), _round4(cw)
+    if ys == width and cs == cw:
+        return i420.tobytes()
+    flat = i420.reshape(-1)
+    out = np.zeros(ys * height + 2 * cs * ch, np.uint8)
+    out[: ys * height].reshape(height, ys)[:, :width] = flat[: width * height].reshape(height,
+                                                                                      width)
+    for plane in range(2):
+        src = flat[width * height + plane * cw * ch: width * height + (plane + 1) * cw * ch]
+        start = ys * height + plane * cs * ch
+        out[start: start + cs * ch].reshape(ch, cs)[:, :cw] = src.reshape(ch, cw)
+    return out.tobytes()
+
+
+def _round4(n: int) -> int:
+    return (n + 3) & ~3
 
 
 class CameraPublisher:
@@ -102,8 +128,7 @@ class CameraPublisher:
             appsrc = self._appsrc
         if appsrc is None:
             return
-        i420 = cv2.cvtColor(frame.image, cv2.COLOR_BGR2YUV_I420)
-        buffer = Gst.Buffer.new_wrapped(i420.tobytes())
+        buffer = Gst.Buffer.new_wrapped(bgr_to_gst_i420(frame.image))
         buffer.duration = int(Gst.SECOND / self._fps)
         appsrc.emit("push-buffer", buffer)
 
@@ -126,6 +151,9 @@ class RtspServer:
         self._server = GstRtspServer.RTSPServer()
         self._server.set_address(bind)
         self._server.set_service(str(port))
+        # each viewer connection in its own thread: a slow media preparation for one viewer
+        # must not stall the others (or the heartbeat of the main loop)
+        self._server.get_thread_pool().set_max_threads(16)
         self._logins = tuple(logins) if logins is not None else None
         self._publishers: dict[str, CameraPublisher] = {}
         self._clients: dict[int, set[str]] = {}
@@ -161,6 +189,7 @@ class RtspServer:
                 failure.append(f"cannot listen on {self.bind}:{self.port}")
             started.set()
 
+        self.heartbeat = time.monotonic()
         self._loop.start()
         self._loop.call(attach)
         self._beat()
@@ -172,8 +201,6 @@ class RtspServer:
 
     def _beat(self) -> None:
         """Heartbeat from inside the GLib loop: proves the server thread is not stuck."""
-        import time
-
         _, GLib, _, _ = gst()
 
         def tick(*_args: object) -> bool:

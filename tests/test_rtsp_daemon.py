@@ -1,0 +1,418 @@
+"""The daemon end to end on 127.0.0.1: a real GstRtspServer test camera -> `anonymizer run` as a
+subprocess -> real RTSP clients (ffmpeg, ffprobe). No mocks of RTSP; the analyzer is faked only
+in the failure tests (a seam these tests do not test), via tests/rtsp_camera.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from rtsp_camera import (
+    MARK_BOX,
+    CameraProcess,
+    FfmpegClient,
+    free_port,
+    looped_clip,
+    marked_clip,
+    wait_port,
+)
+
+HELPER = Path(__file__).parent / "rtsp_camera.py"
+REPO = Path(__file__).resolve().parents[1]
+MARKED_SOURCE = "kinetics_style_armwrestling_340x256.mp4"  # 340x256, 28 fps
+MARKED_SIZE = (340, 256)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+class Daemon:
+    """`anonymizer run -c CONFIG` in a subprocess (killed by itself after `lifetime` s)."""
+
+    def __init__(self, folder: Path, config: str, *, fake: Path | None = None,
+                 env: dict[str, str] | None = None, lifetime: float = 240.0) -> None:
+        self.config_path = folder / "config.yaml"
+        self.config_path.write_text(textwrap.dedent(config))
+        self.log_path = folder / "daemon.log"
+        self._log = self.log_path.open("wb")
+        command = [sys.executable, str(HELPER), "daemon", str(lifetime),
+                   str(fake) if fake else "-", "-v", "run", "-c", str(self.config_path)]
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=REPO, env={**os.environ, **(env or {})})
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(f"anonymizer_{name}{{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_for(predicate, timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def detail(frame: np.ndarray) -> float:
+    """High-frequency energy outside MARK_BOX: high for real pictures, ~0 when failed closed."""
+    x, y, w, h = MARK_BOX
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    grey[y - 8:y + h + 8, x - 8:x + w + 8] = grey.mean()
+    return float(np.abs(cv2.Laplacian(grey, cv2.CV_32F)).mean())
+
+
+def probe(url: str) -> dict:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-rtsp_transport", "tcp", "-select_streams", "v",
+         "-show_entries", "stream=width,height,r_frame_rate,codec_name", "-of", "json", url],
+        capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr.decode(errors="replace")
+    return json.loads(out.stdout)["streams"][0]
+
+
+@pytest.fixture(scope="module")
+def marked_feed(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("feeds")
+    return marked_clip(shared_data / "clips" / MARKED_SOURCE, folder / "marked.mp4", 12)
+
+
+@pytest.fixture
+def camera(marked_feed: Path) -> Iterator[CameraProcess]:
+    cam = CameraProcess(marked_feed, lifetime=300).start()
+    yield cam
+    cam.kill()
+
+
+def fake_config(camera_url: str, rtsp_port: int, metrics_port: int, extra: str = "") -> str:
+    return f"""
+        server: {{port: {rtsp_port}}}
+        metrics: {{port: {metrics_port}, health_window_s: 2.0}}
+        viewers: {{auth: false}}
+        analysis: {{budget_ms: 400}}
+        ingest:
+          watchdog_s: 1.5
+          connect_timeout_s: 3.0
+          backoff_initial_s: 0.3
+          backoff_max_s: 1.0
+        service: {{stop_timeout_s: 5.0}}
+        cameras:
+          - name: marked
+            url: {camera_url}
+        {extra}
+    """
+
+
+# --- the leak test: no raw frame, whatever fails ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_no_raw_frame_across_failures(camera: CameraProcess, tmp_path: Path) -> None:
+    control = tmp_path / "control"
+    control.mkdir()
+    rtsp_port, metrics_port = free_port(), free_port()
+    ghost = f"rtsp://127.0.0.1:{free_port()}/nothing"  # an unreachable camera next to it
+    config = fake_config(camera.url, rtsp_port, metrics_port, f"""
+          - name: ghost
+            url: {ghost}
+    """)
+    # the detector works: the camera's own stream shows the sensitive square
+    direct = FfmpegClient(camera.url, *MARKED_SIZE, timeout=20)
+    assert direct.wait_frames(30, 15), direct.stop()
+    direct.stop()
+    assert np.median(direct.scores) > 0.6, direct.scores[:10]
+
+    daemon = Daemon(tmp_path, config, fake=control)
+    client = None
+    try:
+        assert wait_port(rtsp_port, 60), daemon.log()
+        assert wait_for(lambda: "marked: publishing" in http_get(metrics_port, "/healthz")[1],
+                        30), daemon.log()
+        url = f"rtsp://127.0.0.1:{rtsp_port}/marked"
+        client = FfmpegClient(url, *MARKED_SIZE, timeout=120)
+        assert client.wait_frames(20, 20), client.stop() + daemon.log()
+        time.sleep(3)
+        # one unreachable camera does not disturb the other: full rate, anonymized
+        steady_from = time.monotonic() - 2.5
+        assert client.fps(steady_from) > 22, client.fps(steady_from)
+        status, health = http_get(metrics_port, "/healthz")
+        assert status == 503, health
+        assert "ghost: NOT publishing" in health and "marked: publishing" in health
+
+        (control / "fail").write_text("")
+        time.sleep(2)
+        (control / "fail").unlink()
+        time.sleep(2)
+        (control / "slow").write_text("1.5")
+        time.sleep(3)
+        (control / "slow").unlink()
+        time.sleep(3)
+
+        camera.pause()  # a hung camera: TCP open, no data, no error
+        time.sleep(4)
+        camera.resume()
+        assert wait_for(lambda: detail(client.kept[-1][1]) > 2.0, 10)
+
+        frames_before = client.frames
+        camera.kill()
+        time.sleep(3)
+        assert client.alive() and client.frames > frames_before + 30  # the viewer stays served
+        camera.start()
+        back = time.monotonic()
+        assert wait_for(lambda: client.kept and client.arrivals[client.kept[-1][0]] > back
+                        and detail(client.kept[-1][1]) > 2.0, 5.0, 0.05), \
+            "anonymized output did not resume within 5 s of the camera's return"
+        time.sleep(1)
+        assert client.alive(), "the viewer's session was closed"
+
+        text = http_get(metrics_port, "/metrics")[1]
+    finally:
+        stderr = client.stop() if client else ""
+        code = daemon.stop()
+    scores = np.array(client.scores)
+    assert len(scores) > 500, (len(scores), stderr)
+    assert scores.max() < 0.3, f"a raw frame leaked: max score {scores.max():.2f}"
+    assert code == 0, daemon.log()
+    for reason in ("analyzer_error", "analyzer_late", "outage"):
+        assert metric(text, "frames_published_fail_closed_total", camera="marked",
+                      reason=reason) > 0, (reason, text)
+    assert metric(text, "reconnects_total", camera="marked") >= 2
+    assert metric(text, "frames_published_anonymized_total", camera="marked") > 300
+    assert metric(text, "analyses_total", camera="marked", result="error") > 0
+
+
+# --- service behaviour: notify, auth, reload, stop --------------------------------------------
+
+
+def _notify_socket(tmp_path: Path) -> tuple[socket.socket, str]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify")
+    sock.bind(path)
+    sock.settimeout(0.5)
+    return sock, path
+
+
+def _messages(sock: socket.socket, until: str, timeout: float) -> list[str]:
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got.append(sock.recv(4096).decode())
+        except TimeoutError:
+            continue
+        if any(until in m for m in got):
+            break
+    return got
+
+
+@pytest.mark.slow
+def test_service_notify_auth_reload_and_stop(marked_feed: Path, tmp_path: Path) -> None:
+    cam_password = "cam-Secret-42"
+    camera = CameraProcess(marked_feed, user="admin", password=cam_password, lifetime=200).start()
+    control = tmp_path / "control"
+    control.mkdir()
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "cam-pass").write_text(cam_password + "\n")
+    (creds / "viewer-pass").write_text("view-Pass\n")
+    rtsp_port, metrics_port = free_port(), free_port()
+    good = f"""
+        server: {{port: {rtsp_port}}}
+        metrics: {{port: {metrics_port}}}
+        viewers:
+          users:
+            - username: nvr
+              password_credential: viewer-pass
+        ingest: {{watchdog_s: 2.0, backoff_initial_s: 0.3, backoff_max_s: 1.0}}
+        service: {{heartbeat_timeout_s: 3.0, stop_timeout_s: 5.0}}
+        cameras:
+          - name: a
+            url: {camera.url}
+            credentials:
+              username: admin
+              password_credential: cam-pass
+    """
+    sock, notify = _notify_socket(tmp_path)
+    env = {"NOTIFY_SOCKET": notify, "WATCHDOG_USEC": "1500000",
+           "CREDENTIALS_DIRECTORY": str(creds)}
+    daemon = Daemon(tmp_path, good, fake=control, env=env)
+    client = None
+    try:
+        got = _messages(sock, "READY=1", 60)
+        assert any(m.startswith("READY=1") for m in got), daemon.log()
+        assert any("WATCHDOG=1" in m for m in _messages(sock, "WATCHDOG=1", 5)), daemon.log()
+
+        base = f"127.0.0.1:{rtsp_port}/a"
+        wrong = FfmpegClient(f"rtsp://nvr:wrong@{base}", *MARKED_SIZE, timeout=20)
+        assert not wrong.wait_frames(1, 8)
+        assert "401" in wrong.stop()
+        anonymous = FfmpegClient(f"rtsp://{base}", *MARKED_SIZE, timeout=20)
+        assert not anonymous.wait_frames(1, 5)
+        anonymous.stop()
+
+        client = FfmpegClient(f"rtsp://nvr:view-Pass@{base}", *MARKED_SIZE, timeout=120)
+        assert client.wait_frames(20, 20), client.stop() + daemon.log()
+
+        # a broken config on SIGHUP: logged, the old one keeps serving
+        daemon.config_path.write_text(good.replace("watchdog_s: 2.0", "watchdog_s: -1"))
+        before = client.frames
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert any("READY=1" in m for m in _messages(sock, "READY=1", 10))
+        time.sleep(2)
+        assert daemon.proc.poll() is None and client.alive()
+        assert client.frames > before + 30
+        assert "reload failed, keeping the running configuration" in daemon.log()
+
+        # a valid one adding camera b: b is served, a keeps running (its viewer undisturbed)
+        daemon.config_path.write_text(
+            textwrap.dedent(good).rstrip() + f"\n  - name: b\n    url: {camera.url}\n"
+            "    credentials: {username: admin, password_credential: cam-pass}\n")
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert any("READY=1" in m for m in _messages(sock, "READY=1", 15))
+        assert wait_for(lambda: "b: publishing" in http_get(metrics_port, "/healthz")[1], 15)
+        stream = probe(f"rtsp://nvr:view-Pass@127.0.0.1:{rtsp_port}/b")
+        assert (stream["width"], stream["height"]) == MARKED_SIZE
+        assert client.alive() and "camera a: stopped" not in daemon.log()
+
+        started = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        code = daemon.proc.wait(15)
+        assert code == 0, daemon.log()
+        assert time.monotonic() - started < 10
+        assert any("STOPPING=1" in m for m in _messages(sock, "STOPPING=1", 2))
+    finally:
+        if client:
+            client.stop()
+        daemon.stop()
+        camera.kill()
+        sock.close()
+    log = daemon.log()
+    assert cam_password not in log and "view-Pass" not in log
+    assert "camera a: connected" in log
+
+
+# --- the real model on a real clip --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def street_feed(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("street")
+    return looped_clip(shared_data / "clips" / "street_pedestrians_cars_640x360.mp4",
+                       folder / "street.mp4", 4)
+
+
+def _source_frames(path: Path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+
+
+def _closest(frame: np.ndarray, sources: list[np.ndarray]) -> np.ndarray:
+    small = cv2.resize(frame, (80, 45), interpolation=cv2.INTER_AREA).astype(np.float32)
+    errors = [np.abs(cv2.resize(s, (80, 45), interpolation=cv2.INTER_AREA) - small).mean()
+              for s in sources]
+    return sources[int(np.argmin(errors))]
+
+
+@pytest.mark.slow
+def test_real_model_people_blurred_background_kept(street_feed: Path, shared_data: Path,
+                                                   tmp_path: Path) -> None:
+    from daemon.analysis import create_analyzer
+    from daemon.anonymizer.objects import dilate
+    from daemon.configfile import load_config
+
+    camera = CameraProcess(street_feed, lifetime=200).start()
+    rtsp_port, metrics_port = free_port(), free_port()
+    daemon = Daemon(tmp_path, f"""
+        server: {{port: {rtsp_port}}}
+        metrics: {{port: {metrics_port}}}
+        viewers: {{auth: false}}
+        cameras:
+          - name: street
+            url: {camera.url}
+    """)
+    client = None
+    try:
+        assert wait_port(rtsp_port, 90), daemon.log()
+        assert wait_for(lambda: http_get(metrics_port, "/healthz")[0] == 200, 60), daemon.log()
+        url = f"rtsp://127.0.0.1:{rtsp_port}/street"
+        stream = probe(url)
+        assert (stream["width"], stream["height"]) == (640, 360)
+        assert stream["r_frame_rate"] == "30/1"
+        client = FfmpegClient(url, 640, 360, keep_every=15, timeout=60)
+        assert client.wait_frames(150, 30), daemon.log()
+        measured = client.fps(client.arrivals[30])
+        text = http_get(metrics_port, "/metrics")[1]
+    finally:
+        if client:
+            client.stop()
+        code = daemon.stop()
+        camera.kill()
+    assert code == 0, daemon.log()
+    assert measured > 26, measured
+    assert metric(text, "objects_total", camera="street", **{"class": "person"}) > 0
+    analyzer = create_analyzer(load_config(None))
+    person = analyzer.manifest.classes["person"]
+    sources = _source_frames(shared_data / "clips" / "street_pedestrians_cars_640x360.mp4")
+    checked = 0
+    for _, frame in client.kept[2:]:
+        source = _closest(frame, sources)
+        people = analyzer.labels(source) == person
+        if people.sum() < 400:
+            continue
+        near = dilate(people, 24)
+        background = ~near
+        mse = float(((frame.astype(np.float32) - source) ** 2)[background].mean())
+        psnr = 10 * np.log10(255**2 / max(mse, 1e-6))
+        assert psnr > 28, f"background differs from the source: PSNR {psnr:.1f} dB"
+        inner = people & ~dilate(~people, 2)
+        lap_out = np.abs(cv2.Laplacian(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), cv2.CV_32F))
+        lap_src = np.abs(cv2.Laplacian(cv2.cvtColor(source, cv2.COLOR_BGR2GRAY), cv2.CV_32F))
+        assert lap_out[inner].mean() < 0.5 * lap_src[inner].mean(), "people are not blurred"
+        checked += 1
+    assert checked >= 3, checked
