@@ -104,3 +104,10 @@ def test_build_engine_without_tensorrt_exits_2_with_the_reason(tmp_path):
 def test_engine_cache_setting_is_a_path():
     assert ModelConfig().engine_cache is None
     assert str(ModelConfig(engine_cache="/var/cache/x").engine_cache) == "/var/cache/x"
+
+
+def test_no_device_anonymizer_for_the_cpu_analyzer():
+    from daemon.gpu.backend import device_anonymizer_for
+
+    analyzer = create_analyzer(config_for("cpu"))
+    assert device_anonymizer_for(analyzer, (15,), config_for("cpu").blur) is None

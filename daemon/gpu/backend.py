@@ -89,3 +89,13 @@ def create_gpu_anonymizer(
 
     device = device or open_device()
     return DeviceAnonymizer(class_ids, blur, device.kernels)
+
+
+def device_anonymizer_for(analyzer: Any, class_ids: Sequence[int], blur: BlurConfig) -> Any:
+    """A DeviceAnonymizer on the TensorRT analyzer's own device and stream, or None when the
+    analyzer is not the GPU one (then the CPU anonymizer is the one to use)."""
+    from daemon.gpu.tensorrt_backend import TrtAnalyzer
+
+    if not isinstance(analyzer, TrtAnalyzer):
+        return None
+    return create_gpu_anonymizer(class_ids, blur, analyzer.device)

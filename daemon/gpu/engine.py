@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import re
-import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -94,20 +93,14 @@ def default_cache_dir() -> Path:
 
 
 def sd_notify(message: str) -> bool:
-    """Send one sd_notify datagram if NOTIFY_SOCKET is set; True if sent."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
+    """Send one sd_notify datagram if NOTIFY_SOCKET is set (the daemon's own client)."""
+    from daemon.service.sdnotify import Notifier
+
+    notifier = Notifier()
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())
-    except OSError as exc:
-        log.warning("sd_notify to %s failed: %s", os.environ.get("NOTIFY_SOCKET"), exc)
-        return False
-    return True
+        return notifier.notify(message)
+    finally:
+        notifier.close()
 
 
 class BuildProgress:

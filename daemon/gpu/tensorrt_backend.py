@@ -62,6 +62,11 @@ class TrtAnalyzer:
         log.info("analyzer ready: TensorRT %s, model %s, plan %s", trt.__version__,
                  manifest.name, plan.name)
 
+    @property
+    def device(self) -> Any:
+        """The GpuDevice this analyzer runs on (its stream and kernels)."""
+        return self._device
+
     def _buffer(self, name: str) -> Any:
         shape = tuple(self._context.get_tensor_shape(name))
         dtype = np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name)))
