@@ -187,3 +187,22 @@ def test_preprocess_within_one_grey_level_of_opencv(kernels, order):
     # OpenCV interpolates uint8 in fixed point, the kernel in float32: <= 1 grey level apart.
     assert np.abs((tensor - expected) * np.float32(std)[None, :, None, None]).max() <= 1.0
     assert linear_taps(120, 57).lo.max() < 120
+
+
+def test_concurrent_launches_label_like_the_cpu(tmp_path_factory):
+    """Each launch run by 8 racing OS threads (real atomics): the union-find labelling, boxes
+    and ownership still equal objects.find_objects, and the blur the oracle. (With the shim's
+    atomicMin made a plain read-then-write, this labelling goes wrong in about half the scenes.)
+    """
+    racing = CpuKernels(tmp_path_factory.mktemp("racing"), threads=8)
+    rng = np.random.default_rng(21)
+    params = BlurParams()
+    for _ in range(3):
+        # Noise near the percolation threshold: thousands of long, twisting components.
+        labels = (rng.random((600, 800)) < 0.45).astype(np.uint8)
+        found = device.find_objects(labels, (1,), params, racing)
+        expected = find_objects(labels, (1,), params)
+        assert found.objects(params) == expected.objects
+        np.testing.assert_array_equal(found.owner, expected.owner)
+    frame, labels = random_scene(rng, 120, 160, blobs=6, specks=200)
+    check_same(frame, labels, (1, 2), BlurParams(mask_dilation=1), racing)

@@ -7,6 +7,7 @@ import hashlib
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
@@ -107,13 +108,17 @@ _CTYPES = {
 class CpuKernels:
     """kernels.cu compiled by g++ through cpu_shim.h and called with ctypes on numpy arrays.
 
-    The same source and the same launches as on the device, run by one CPU thread: how CI
-    checks the kernels against the numpy oracle without a GPU.
+    The same source and the same launches as on the device: how CI checks the kernels against
+    the numpy oracle without a GPU. `threads` > 1 runs each launch as that many concurrent OS
+    threads sharing the items (ctypes releases the GIL), so the atomics and the races of the
+    union-find labelling are exercised too.
     """
 
     xp = np
 
-    def __init__(self, build_dir: Path | None = None, compiler: str = "g++") -> None:
+    def __init__(
+        self, build_dir: Path | None = None, compiler: str = "g++", threads: int = 1
+    ) -> None:
         if shutil.which(compiler) is None:
             raise BackendUnavailable(f"{compiler} not found: cannot build the CPU shim")
         digest = hashlib.sha256(source_text().encode() + CPU_SHIM.read_bytes()).hexdigest()[:16]
@@ -142,9 +147,26 @@ class CpuKernels:
         self._functions = {name: getattr(self._dll, name) for name in KERNEL_NAMES}
         for function in self._functions.values():
             function.restype = None
+        self._set_thread = self._dll.shim_set_thread
+        self._set_thread.argtypes = (ctypes.c_uint, ctypes.c_uint)
+        self.threads = threads
 
     def launch(self, name: str, items: int, *args: Any) -> None:
-        self._functions[name](*(_c_argument(a) for a in args))
+        function = self._functions[name]
+        c_args = [_c_argument(a) for a in args]
+        if self.threads == 1:
+            function(*c_args)
+            return
+
+        def worker(index: int) -> None:
+            self._set_thread(index, self.threads)
+            function(*c_args)
+
+        workers = [threading.Thread(target=worker, args=(i,)) for i in range(self.threads)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
 
 
 def _c_argument(value: Any) -> Any:
