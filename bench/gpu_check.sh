@@ -74,11 +74,11 @@ fi
 
 status=0
 say "gpu tests (pytest --gpu -m gpu; TensorRT tests deselected: no TensorRT there)"
-timeout 300 "$PY" -m pytest -q -p no:cacheprovider --gpu -m gpu -k "not tensorrt" \
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider --gpu -m gpu -k "not tensorrt" \
     --junitxml="$RESULTS/gpu-tests.xml" tests 2>&1 | tee -a "$log" || status=1
 
 say "benchmark"
-timeout 240 "$PY" bench/gpu_bench.py --results "$RESULTS" 2>&1 | tee -a "$log" || status=1
+timeout 180 "$PY" bench/gpu_bench.py --results "$RESULTS" 2>&1 | tee -a "$log" || status=1
 
 if [ -n "${OUT:-}" ]; then
     cp "$log" "$RESULTS"/gpu-tests.xml "$OUT"/ 2>/dev/null

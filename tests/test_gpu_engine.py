@@ -108,3 +108,19 @@ def test_a_build_extends_the_systemd_start_timeout(tmp_path, monkeypatch):
         message = server.recv(4096).decode()
     assert message.startswith("EXTEND_TIMEOUT_USEC=")
     assert "STATUS=building TensorRT engine" in message
+
+
+def test_the_heartbeat_extends_during_a_silent_call(monkeypatch):
+    import time
+
+    import daemon.gpu.engine as engine
+
+    monkeypatch.setattr(engine, "_NOTIFY_INTERVAL_S", 0.1)
+    sent = []
+    progress = BuildProgress(notify=lambda message: sent.append(message) or True)
+    with progress.heartbeat("building TensorRT engine"):
+        time.sleep(0.45)  # a builder call that reports nothing
+    count = len(sent)
+    assert count >= 3 and all(m.startswith("EXTEND_TIMEOUT_USEC=") for m in sent)
+    time.sleep(0.2)
+    assert len(sent) == count  # stopped with the call

@@ -9,14 +9,16 @@ strongly typed (TensorRT 11 accepts nothing else): FP16 comes from an FP16 ONNX 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
@@ -122,6 +124,23 @@ class BuildProgress:
         log.info("TensorRT build: %s", name)
         self.extend(f"building TensorRT engine: {name}")
 
+    @contextlib.contextmanager
+    def heartbeat(self, status: str) -> Iterator[None]:
+        """Keep extending the start timeout while a long call without callbacks runs."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(_NOTIFY_INTERVAL_S / 2):
+                self.extend(status)
+
+        thread = threading.Thread(target=beat, name="trt-build-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
 
 def _progress_monitor(trt: ModuleType, progress: BuildProgress) -> Any:
     """A trt.IProgressMonitor forwarding to `progress` (TensorRT >= 10), or None."""
@@ -191,7 +210,9 @@ def build_plan(
     if monitor is not None:
         config.progress_monitor = monitor
     started = time.monotonic()
-    plan = builder.build_serialized_network(network, config)
+    progress.phase("building the engine")
+    with progress.heartbeat("building TensorRT engine"):
+        plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineError(f"TensorRT could not build an engine from {onnx} (see its log above)")
     log.info("TensorRT engine built in %.1f s (%d bytes)", time.monotonic() - started, plan.nbytes)
