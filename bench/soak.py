@@ -1,0 +1,86 @@
+"""Soak: one 720p30 camera through the daemon for a long time; memory growth and raw frames.
+
+The daemon runs the default model, with the tests' checkerboard square forced into the person
+mask (tests/rtsp_camera.py MarkedAnalyzer), so every published frame must hide it; a viewer
+scores every frame (a raw frame shows the checkerboard). The camera is killed and restarted
+every --restart-every seconds. Memory: the daemon's RSS after warm-up vs at the end.
+
+Usage: .venv/bin/python bench/soak.py [--minutes 10] [--restart-every 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rtsp import (
+    CLIP,
+    CodeClient,
+    Setup,
+    bench_clip,
+    metric,
+    metrics_text,
+    rss_bytes,
+)
+
+RAW_SCORE = 0.3  # leak_score above this: the checkerboard is visible (raw ~0.9, hidden ~0)
+WARMUP_S = 60.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--restart-every", type=float, default=150.0)
+    args = parser.parse_args()
+    seconds = args.minutes * 60
+    clip = bench_clip(600, int(seconds // 20) + 8)
+    with tempfile.TemporaryDirectory() as tmp:
+        control = Path(tmp) / "control"
+        control.mkdir()
+        (control / "real").write_text("")
+        setup = Setup(clip, Path(tmp), "bracket", lifetime=seconds + 300, fake=control)
+        viewer = CodeClient(setup.output_url, 1280, 720, timeout=seconds + 120)
+        samples: list[tuple[float, int]] = []
+        restarts = 0
+        try:
+            start = time.monotonic()
+            next_restart = start + args.restart_every
+            while (now := time.monotonic()) - start < seconds:
+                samples.append((now - start, rss_bytes(setup.daemon.pid)))
+                if now >= next_restart:
+                    setup.camera.kill()
+                    time.sleep(3)
+                    setup.camera.start()
+                    restarts += 1
+                    next_restart = now + args.restart_every
+                time.sleep(10)
+            samples.append((time.monotonic() - start, rss_bytes(setup.daemon.pid)))
+            text = metrics_text(setup.metrics_port)
+            alive = viewer.alive()
+        finally:
+            viewer.stop()
+            code = setup.close()
+    warm = [rss for t, rss in samples if t >= WARMUP_S]
+    base, end, peak = warm[0], warm[-1], max(warm)
+    raw = sum(1 for s in viewer.scores if s > RAW_SCORE)
+    print(f"machine: {os.cpu_count()} CPUs; clip {CLIP.name} 1280x720 at 30 fps looped; default"
+          f" model + forced sensitive square; camera restarted every {args.restart_every:.0f} s")
+    print("minutes | frames viewed | raw frames | max score | anonymized | fail-closed |"
+          " reconnects | RSS after warm-up MiB | RSS end MiB | RSS peak MiB | growth % |"
+          " viewer alive | exit")
+    print(f"{args.minutes:g} | {viewer.frames} | {raw} | {max(viewer.scores):.2f} | "
+          f"{metric(text, 'frames_published_anonymized_total'):.0f} | "
+          f"{metric(text, 'frames_published_fail_closed_total'):.0f} | "
+          f"{metric(text, 'reconnects_total'):.0f} ({restarts} restarts) | "
+          f"{base / 2**20:.1f} | {end / 2**20:.1f} | {peak / 2**20:.1f} | "
+          f"{100 * (end - base) / base:.2f} | {alive} | {code}")
+    return 0 if raw == 0 and code == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
