@@ -135,6 +135,24 @@ def test_analysis_steps_match_the_cpu(device, real_frame):
     assert np.abs(tensor - expected).max() * 127.5 <= 1.0
 
 
+def test_tile_merge_on_the_device(device):
+    from daemon.analysis.tiling import Tile, merge_protected, protected_lookup
+    from daemon.gpu.analysis import merge_protected_on
+
+    rng = np.random.default_rng(8)
+    labels = rng.choice(np.array([0, 3, 7, 15], np.uint8), (400, 600))
+    tile_labels = rng.choice(np.array([0, 7, 9, 15], np.uint8), (257, 257))
+    tile = Tile(100, 300, 257, 257)
+    protected = protected_lookup((15, 7))
+    cp = device.cupy
+    with device.stream:
+        merged = cp.asarray(labels)
+        merge_protected_on(merged, tile, cp.asarray(tile_labels), cp.asarray(protected))
+        merged = merged.get()
+    merge_protected(labels, tile, tile_labels, protected)
+    np.testing.assert_array_equal(merged, labels)
+
+
 def test_tensorrt_analyzer_matches_onnx_runtime(device, real_frame, tmp_path, request):
     try:
         import tensorrt  # noqa: F401

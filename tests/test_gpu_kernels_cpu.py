@@ -207,3 +207,19 @@ def test_concurrent_launches_label_like_the_cpu(tmp_path_factory):
         np.testing.assert_array_equal(found.owner, expected.owner)
     frame, labels = random_scene(rng, 120, 160, blobs=6, specks=200)
     check_same(frame, labels, (1, 2), BlurParams(mask_dilation=1), racing)
+
+
+def test_tile_merge_equals_the_cpu_merge():
+    from daemon.analysis.tiling import Tile, merge_protected, protected_lookup
+    from daemon.gpu.analysis import merge_protected_on
+
+    rng = np.random.default_rng(8)
+    protected = protected_lookup((15, 7))
+    for _ in range(5):
+        labels = rng.choice(np.array([0, 3, 7, 15], np.uint8), (40, 60))
+        tile = Tile(int(rng.integers(0, 20)), int(rng.integers(0, 30)), 20, 30)
+        tile_labels = rng.choice(np.array([0, 7, 9, 15], np.uint8), (20, 30))
+        expected = labels.copy()
+        merge_protected(expected, tile, tile_labels, protected)
+        merge_protected_on(labels, tile, tile_labels, protected)
+        np.testing.assert_array_equal(labels, expected)

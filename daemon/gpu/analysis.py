@@ -12,6 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from daemon.analysis.tiling import Tile
 from daemon.analysis.upsample import linear_taps
 from daemon.gpu.kernels import Kernels
 
@@ -117,3 +118,13 @@ def upsampled_nearest_on(ids: Any, height: int, width: int, kernels: Kernels) ->
         np.int32(width),
     )
     return labels
+
+
+def merge_protected_on(labels: Any, tile: Tile, tile_labels: Any, protected: Any) -> None:
+    """tiling.merge_protected on numpy or cupy arrays (no synchronisation): in place, a tile
+    pixel of a protected class overrides an unprotected label; `protected` is the 256-entry
+    bool table of tiling.protected_lookup on the same executor."""
+    window = labels[tile.y : tile.y + tile.height, tile.x : tile.x + tile.width]
+    claim = protected[tile_labels] & ~protected[window]
+    # A select by arithmetic: boolean-mask assignment would synchronise a device (its size).
+    window[...] = window * ~claim + tile_labels * claim

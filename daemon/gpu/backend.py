@@ -67,18 +67,19 @@ def open_device(device_id: int = 0) -> GpuDevice:
 
 def create_gpu_analyzer(config: Config, device: GpuDevice | None = None) -> Any:
     """A TensorRT analyzer for `config.model`, building the cached engine on first use."""
-    if config.analysis.tiling.enabled:
-        raise BackendUnavailable("analysis.tiling is not implemented on the GPU backend yet")
-    from daemon.analysis.manifest import load_manifest
+    from daemon.analysis.manifest import class_ids, load_manifest
 
     manifest = load_manifest(config.model.manifest_path)
+    protected = class_ids(manifest, config.anonymize)
     device = device or open_device()
     trt = tensorrt_module()
     from daemon.gpu.tensorrt_backend import TrtAnalyzer
 
     cache = config.model.engine_cache or default_cache_dir()
     plan = ensure_engine(trt, config.model.path, device.identity, cache, "fp16")
-    return TrtAnalyzer(trt, device, plan, manifest)
+    return TrtAnalyzer(
+        trt, device, plan, manifest, tiling=config.analysis.tiling, protected=protected
+    )
 
 
 def create_gpu_anonymizer(

@@ -4,6 +4,7 @@ post-processing in kernels.cu, labels at frame resolution on the device."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -11,8 +12,15 @@ from typing import Any
 import numpy as np
 
 from daemon.analysis.manifest import Manifest
-from daemon.errors import EngineError, ModelError
-from daemon.gpu.analysis import preprocess_on, upsampled_argmax_on, upsampled_nearest_on
+from daemon.analysis.tiling import frame_tiles, protected_lookup
+from daemon.config import TilingConfig
+from daemon.errors import ConfigError, EngineError, ModelError
+from daemon.gpu.analysis import (
+    merge_protected_on,
+    preprocess_on,
+    upsampled_argmax_on,
+    upsampled_nearest_on,
+)
 from daemon.types import Image, LabelMap, check_image
 
 log = logging.getLogger(__name__)
@@ -21,8 +29,22 @@ log = logging.getLogger(__name__)
 class TrtAnalyzer:
     """`labels(frame)` from a TensorRT plan of a manifest-described model, on one GPU."""
 
-    def __init__(self, trt: ModuleType, device: Any, plan: Path, manifest: Manifest) -> None:
+    def __init__(
+        self,
+        trt: ModuleType,
+        device: Any,
+        plan: Path,
+        manifest: Manifest,
+        *,
+        tiling: TilingConfig | None = None,
+        protected: Sequence[int] = (),
+    ) -> None:
+        """Load the plan on `device`, check its I/O against `manifest`, warm up. tiling and
+        `protected` (class ids to anonymize, which win the tiles' merge) as for OnnxAnalyzer."""
         self.manifest = manifest
+        self._tiling = tiling if tiling is not None else TilingConfig()
+        if self._tiling.enabled and not protected:
+            raise ConfigError("analysis.tiling needs the class ids to anonymize to merge tiles")
         self._trt = trt
         self._device = device
         self._cupy = device.cupy
@@ -44,6 +66,7 @@ class TrtAnalyzer:
             self._context.set_input_shape(self._input, (1, 3, spec.height, spec.width))
         cp = self._cupy
         with self._stream:
+            self._protected = cp.asarray(protected_lookup(tuple(protected)))
             self._tensor = cp.empty((1, 3, spec.height, spec.width), dtype=cp.float32)
             self._inbuf = self._buffer(self._input)
             self._outbuf = self._buffer(self._output)
@@ -83,11 +106,27 @@ class TrtAnalyzer:
             return labels.get()
 
     def labels_on_device(self, frame: Any) -> Any:
-        """Labels (cupy, H x W uint8) of a frame already on the device (cupy, H x W x 3 BGR)."""
-        cp, spec = self._cupy, self.manifest.input
+        """Labels (cupy, H x W uint8) of a frame already on the device (cupy, H x W x 3 BGR):
+        the full-frame pass, then (analysis.tiling) every tile merged in privacy-safe."""
         height, width = frame.shape[:2]
         if height == 0 or width == 0:
             raise EngineError(f"expected a non-empty frame, got {frame.shape}")
+        with self._stream:
+            labels = self._labels_at(frame)
+            if self._tiling.enabled:
+                spec = self.manifest.input
+                for tile in frame_tiles(
+                    height, width, spec.height, spec.width, self._tiling.overlap
+                ):
+                    window = frame[tile.y : tile.y + tile.height, tile.x : tile.x + tile.width]
+                    tile_labels = self._labels_at(self._cupy.ascontiguousarray(window))
+                    merge_protected_on(labels, tile, tile_labels, self._protected)
+            return labels
+
+    def _labels_at(self, frame: Any) -> Any:
+        """Labels at the (contiguous, device) image's own resolution from one inference."""
+        cp, spec = self._cupy, self.manifest.input
+        height, width = frame.shape[:2]
         with self._stream:
             preprocess_on(
                 frame, spec.height, spec.width, spec.colour_order, spec.mean, spec.std,
