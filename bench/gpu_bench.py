@@ -6,8 +6,11 @@ with the reference model's person labels, scaled to 1920x1080, and one huge obje
 Timed, medians of --repeats (200) runs on one CUDA stream:
 
 - labels -> blurred frame: host arrays in and out (upload frame + labels, objects, blur,
-  download), device-resident inputs (only the download), and the kernels alone (CUDA events);
+  download), device-resident inputs (only the download), and the kernels alone (CUDA events;
+  this includes the one host round-trip per class that sizes the object table);
 - upload and download of one 1080p frame, pageable and pinned host memory;
+- the analyzer's device steps around TensorRT: preprocessing 1080p -> 257 x 257 and the exact
+  bilinear-logits argmax of 21 classes back to 1080p;
 - the model's inference as an upper-bound proxy for TensorRT (not installed there): the project's
   DeepLabv3+ (training/model.py; else an equivalent defined here) in PyTorch FP16 with a CUDA
   graph, at the input sizes listed.
@@ -106,17 +109,14 @@ def anonymizer_case(name, image, labels, class_id, device, repeats) -> dict[str,
         frame_d, labels_d = cp.asarray(image), cp.asarray(labels)
     resident = timed(lambda: anonymizer.anonymize(frame_d, labels_d), repeats, sync)
 
-    kernel_ms = []
-    for i in range(repeats + 2):
-        start, end = cp.cuda.Event(), cp.cuda.Event()
-        with stream:
-            start.record(stream)
-            found = dev.find_objects(labels_d, (class_id,), anonymizer.params, device.kernels)
-            dev.blur_objects(frame_d, found, anonymizer.weights, device.kernels)
-            end.record(stream)
-        end.synchronize()
-        if i >= 2:
-            kernel_ms.append(cp.cuda.get_elapsed_time(start, end))
+    def kernels_only():
+        found = dev.find_objects(labels_d, (class_id,), anonymizer.params, device.kernels)
+        dev.blur_objects(frame_d, found, anonymizer.weights, device.kernels)
+
+    kernel_ms = event_times(device, kernels_only, repeats)
+    with stream:
+        owned = float((dev.find_objects(
+            labels_d, (class_id,), anonymizer.params, device.kernels).owner >= 0).mean())
 
     result = anonymizer.anonymize(image, labels)
     cpu = CpuAnonymizer((class_id,), blur)
@@ -128,7 +128,7 @@ def anonymizer_case(name, image, labels, class_id, device, repeats) -> dict[str,
         "case": name,
         "objects": len(result.objects),
         "max_kernel": max((o.kernel for o in result.objects), default=0),
-        "owned_percent": round(float((found.owner.get() >= 0).mean() * 100), 1),
+        "owned_percent": round(owned * 100, 1),
         "host_in_host_out": summary(host),
         "device_inputs_host_out": summary(resident),
         "kernels_only_events": summary(kernel_ms),
@@ -136,6 +136,45 @@ def anonymizer_case(name, image, labels, class_id, device, repeats) -> dict[str,
         "objects_equal_cpu": result.objects == expected.objects,
         "max_abs_diff_vs_cpu_fast_path": int(diff.max()),
         "pixels_differing_vs_cpu_fast_path": int((diff > 0).any(axis=2).sum()),
+    }
+
+
+def event_times(device, fn: Callable[[], object], repeats: int) -> list[float]:
+    """Device times in ms of `fn` on the stream (CUDA events), after two warm-up runs."""
+    cp, stream = device.cupy, device.stream
+    times = []
+    for i in range(repeats + 2):
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        with stream:
+            start.record(stream)
+            fn()
+            end.record(stream)
+        end.synchronize()
+        if i >= 2:
+            times.append(cp.cuda.get_elapsed_time(start, end))
+    return times
+
+
+def analysis_steps(device, image, repeats) -> dict[str, Any]:
+    """The analyzer's device work around TensorRT at 1080p for the reference model (257 x 257
+    input, 21 classes): preprocessing and the exact bilinear-logits argmax to frame size."""
+    from daemon.gpu.analysis import preprocess_on, upsampled_argmax_on
+
+    cp, kernels = device.cupy, device.kernels
+    with device.stream:
+        frame = cp.asarray(image)
+        tensor = cp.empty((1, 3, 257, 257), dtype=cp.float32)
+        logits = cp.asarray(np.random.default_rng(0).normal(size=(21, 257, 257)), cp.float32)
+
+    def pre():
+        preprocess_on(frame, 257, 257, "RGB", (127.5,) * 3, (127.5,) * 3, kernels, out=tensor)
+
+    def argmax():
+        upsampled_argmax_on(logits, SIZE[1], SIZE[0], kernels)
+
+    return {
+        "preprocess_1080p_to_257": summary(event_times(device, pre, repeats)),
+        "upsampled_argmax_21x257_to_1080p": summary(event_times(device, argmax, repeats)),
     }
 
 
@@ -282,6 +321,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "| transfer (1080p BGR frame) | median ms |", "|---|---|"]
     for key in ("upload_pageable", "upload_pinned", "download_pageable", "download_pinned"):
         lines.append(f"| {key} | {t[key]['median_ms']:.3f} |")
+    steps = report.get("analysis_steps", {})
+    if steps:
+        lines += ["", "| analyzer step on the device | median ms |", "|---|---|"]
+        lines += [f"| {key} | {value['median_ms']:.3f} |" for key, value in steps.items()]
     proxy = report.get("inference_proxy")
     if isinstance(proxy, dict) and "sizes" in proxy:
         title = f"Inference proxy: {proxy['model']}, torch {proxy['torch']}, FP16, CUDA graph"
@@ -335,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     report["anonymizer"].append(
         anonymizer_case("one huge object (1080p)", image, labels, 1, device, args.repeats))
     report["transfers"] = transfers(device, image, args.repeats)
+    report["analysis_steps"] = analysis_steps(device, image, args.repeats)
     if not args.no_proxy:
         try:
             report["inference_proxy"] = inference_proxy(args.repeats)
