@@ -416,3 +416,37 @@ def test_real_model_people_blurred_background_kept(street_feed: Path, shared_dat
         assert lap_out[inner].mean() < 0.5 * lap_src[inner].mean(), "people are not blurred"
         checked += 1
     assert checked >= 3, checked
+
+
+@pytest.mark.slow
+def test_resolution_change_rebuilds_the_output(camera: CameraProcess, street_feed: Path,
+                                               tmp_path: Path) -> None:
+    control = tmp_path / "control"
+    control.mkdir()
+    rtsp_port, metrics_port = free_port(), free_port()
+    daemon = Daemon(tmp_path, fake_config(camera.url, rtsp_port, metrics_port), fake=control)
+    client = None
+    try:
+        assert wait_port(rtsp_port, 60), daemon.log()
+        assert wait_for(lambda: "marked: publishing" in http_get(metrics_port, "/healthz")[1],
+                        30), daemon.log()
+        url = f"rtsp://127.0.0.1:{rtsp_port}/marked"
+        assert (probe(url)["width"], probe(url)["height"]) == MARKED_SIZE
+        client = FfmpegClient(url, *MARKED_SIZE, timeout=60)
+        assert client.wait_frames(20, 20)
+        camera.kill()  # the camera comes back at 640x360
+        camera.clip = street_feed
+        camera.start()
+        assert wait_for(lambda: "output size 340x256 -> 640x360" in daemon.log(), 15), \
+            daemon.log()
+        assert wait_for(lambda: "marked: publishing" in http_get(metrics_port, "/healthz")[1],
+                        10)
+        stream = probe(url)
+        assert (stream["width"], stream["height"]) == (640, 360)
+        before = client.frames
+        time.sleep(2)
+        assert client.alive() and client.frames > before + 30  # the old session carries on
+    finally:
+        if client:
+            client.stop()
+        assert daemon.stop() == 0, daemon.log()

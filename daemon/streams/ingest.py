@@ -148,9 +148,20 @@ class CameraReader:
             self._on_state(False, reason)
             log.info("camera %s: disconnected (%s); reconnecting in %.1f s",
                      self.name, reason, backoff)
-            if self._stop.wait(backoff):
+            if self._wait(backoff):
                 break
             backoff = min(backoff * 2, self._config.backoff_max_s)
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep `seconds` (True if stopped meanwhile), staying visibly alive: a camera that is
+        down for long is the camera's problem, not a hung daemon for the systemd watchdog."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.heartbeat = time.monotonic()
+            if self._stop.wait(min(left, 0.5)):
+                return True
+        self.heartbeat = time.monotonic()
+        return False
 
     def _build(self):
         Gst = gst()[0]
