@@ -325,7 +325,7 @@ def _resolve_paths(config: Config, config_dir: Path | None) -> Config:
     """Absolute model paths: given in the file against its folder, defaults against the root."""
     given = config.model.model_fields_set if config_dir is not None else set()
     update: dict[str, Path] = {}
-    for name in ("path", "manifest"):
+    for name in ("path", "manifest", "engine_cache"):
         value = getattr(config.model, name)
         if value is not None:
             base = config_dir if name in given and config_dir is not None else PROJECT_ROOT

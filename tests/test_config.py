@@ -219,10 +219,14 @@ def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
 def test_given_relative_model_path_resolves_against_the_config_folder(tmp_path: Path) -> None:
     folder = tmp_path / "etc"
     folder.mkdir()
-    path = _write(folder, "model:\n  path: models/seg.onnx\n  manifest: ../m/seg.yaml\n")
+    path = _write(
+        folder,
+        "model:\n  path: models/seg.onnx\n  manifest: ../m/seg.yaml\n  engine_cache: plans\n",
+    )
     config = load_config(path)
     assert config.model.path == folder / "models" / "seg.onnx"
     assert config.model.manifest == tmp_path / "m" / "seg.yaml"
+    assert config.model.engine_cache == folder / "plans"
 
 
 def test_default_model_path_resolves_against_the_project_root(tmp_path: Path) -> None:
