@@ -111,7 +111,7 @@ def file_command(args: argparse.Namespace) -> int:
     Config, usage and model errors raise (the CLI prints them and exits 2) before any output.
     """
     from daemon.analysis import class_ids, create_analyzer
-    from daemon.anonymizer.cpu import CpuAnonymizer
+    from daemon.anonymizer import create_anonymizer
     from daemon.configfile import load_config
 
     config = load_config(args.config)
@@ -119,7 +119,7 @@ def file_command(args: argparse.Namespace) -> int:
                      overwrite=args.overwrite)
     analyzer = create_analyzer(config)  # once for every input
     manifest = analyzer.manifest
-    anonymizer = CpuAnonymizer(class_ids(manifest, config.anonymize), config.blur)
+    anonymizer = create_anonymizer(analyzer, class_ids(manifest, config.anonymize), config.blur)
     options = FileOptions(
         fail_closed=config.blur.fail_closed,
         crf=args.crf,
