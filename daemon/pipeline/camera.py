@@ -80,6 +80,7 @@ class CameraPipeline:
         self._fps = 0.0
         self._last_arrival = 0.0
         self._analysis_failing = False
+        self._publish_failing = False
         self._fail_state: str | None = "connecting"
         self.last_anonymized = 0.0  # monotonic time of the last anonymized frame published
         self._analysis_started: float | None = None
@@ -280,6 +281,11 @@ class CameraPipeline:
         try:
             self._publisher.publish(frame)
         except Exception:
-            log.exception("camera %s: publishing failed", self.name)
+            if not self._publish_failing:
+                log.exception("camera %s: publishing failed (logged once until it works)",
+                              self.name)
+            self._publish_failing = True
             self._metrics.dropped.inc(self.name, "output")
+        else:
+            self._publish_failing = False
 

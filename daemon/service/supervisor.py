@@ -58,9 +58,11 @@ def camera_setup(config: Config, camera: CameraConfig, analyzer: Analyzer) -> Ca
     )
 
 
-def _camera_inputs(config: Config, camera: CameraConfig) -> tuple[object, ...]:
-    """What a running camera depends on: if any of it changes, the camera restarts."""
-    return (camera, config.anonymize, config.blur, config.analysis, config.ingest)
+def _camera_inputs(config: Config, setup: CameraSetup, camera: CameraConfig
+                   ) -> tuple[object, ...]:
+    """What a running camera depends on (resolved passwords included): if any of it changes,
+    the camera restarts on reload."""
+    return (setup, camera, config.camera_blur(camera))
 
 
 class Supervisor:
@@ -74,6 +76,12 @@ class Supervisor:
         self._metrics_server: MetricsServer | None = None
         self._cameras: dict[str, tuple[tuple[object, ...], CameraPipeline, CameraPublisher]] = {}
         self._lock = threading.Lock()
+
+    @property
+    def analyzer(self) -> Analyzer:
+        if self._analyzer is None:
+            raise RuntimeError("the supervisor is not started")
+        return self._analyzer
 
     # --- start / stop ---------------------------------------------------------------------
 
@@ -104,8 +112,7 @@ class Supervisor:
 
     def _warm_anonymizer(self) -> None:
         """Compile the fast blur path now (numba), not on the first camera frame."""
-        assert self._analyzer is not None
-        ids = class_ids(self._analyzer.manifest, self.config.anonymize)
+        ids = class_ids(self.analyzer.manifest, self.config.anonymize)
         frame = np.full((64, 64, 3), 128, np.uint8)
         labels = np.zeros((64, 64), np.uint8)
         labels[16:48, 16:48] = ids[0]
@@ -129,16 +136,17 @@ class Supervisor:
 
     # --- cameras --------------------------------------------------------------------------
 
-    def _start_camera(self, config: Config, camera: CameraConfig) -> None:
-        assert self._analyzer is not None and self._server is not None
-        setup = camera_setup(config, camera, self._analyzer)
+    def _start_camera(self, config: Config, camera: CameraConfig, setup: CameraSetup) -> None:
+        if self._server is None:
+            raise RuntimeError("the RTSP server is not running")
         anonymizer = CpuAnonymizer(setup.protected, config.camera_blur(camera))
         publisher = CameraPublisher(camera.name, 0.0)
-        pipeline = CameraPipeline(setup, self._analyzer, anonymizer, publisher, self.metrics)
+        pipeline = CameraPipeline(setup, self.analyzer, anonymizer, publisher, self.metrics)
         self._server.mount(publisher)
         pipeline.start()
         with self._lock:
-            self._cameras[camera.name] = (_camera_inputs(config, camera), pipeline, publisher)
+            self._cameras[camera.name] = (_camera_inputs(config, setup, camera), pipeline,
+                                          publisher)
         log.info("camera %s: started", camera.name)
 
     def _stop_cameras(self, names: Iterable[str], timeout: float) -> None:
@@ -162,23 +170,22 @@ class Supervisor:
     def _apply_cameras(self, config: Config) -> None:
         """Start, stop and restart cameras so that the running set matches `config`."""
         wanted = {c.name: c for c in config.cameras if c.enabled}
+        # resolve every camera first (passwords, classes): a bad one changes nothing
+        setups = {n: camera_setup(config, c, self.analyzer) for n, c in wanted.items()}
         with self._lock:
             running = {n: inputs for n, (inputs, _, _) in self._cameras.items()}
         changed = [n for n, inputs in running.items()
-                   if n not in wanted or inputs != _camera_inputs(config, wanted[n])]
+                   if n not in wanted
+                   or inputs != _camera_inputs(config, setups[n], wanted[n])]
         self._stop_cameras(changed, config.service.stop_timeout_s * 0.6)
         for name, camera in wanted.items():
             if name not in running or name in changed:
-                self._start_camera(config, camera)
+                self._start_camera(config, camera, setups[name])
 
     def reload(self, config: Config) -> None:
         """Apply `config`. Parts that need a restart (model, server, metrics) are kept as they
         are, with a warning. A camera whose setup cannot be resolved raises ConfigError before
         anything changes."""
-        assert self._analyzer is not None
-        for camera in config.cameras:
-            if camera.enabled:
-                camera_setup(config, camera, self._analyzer)  # credentials and classes resolve
         for part in ("model", "server", "viewers", "metrics"):
             if getattr(config, part) != getattr(self.config, part):
                 log.warning("reload: %s settings changed; they take effect only after a restart",
