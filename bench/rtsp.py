@@ -157,7 +157,7 @@ class Setup:
     """Camera process + daemon subprocess (killed by itself after `lifetime`)."""
 
     def __init__(self, clip: Path, folder: Path, temporal: str, lifetime: float,
-                 fake: Path | None = None) -> None:
+                 fake: Path | None = None, ingest_latency_ms: int = 100) -> None:
         self.camera = CameraProcess(clip, lifetime=lifetime).start()
         self.rtsp_port, self.metrics_port = free_port(), free_port()
         config = folder / "config.yaml"
@@ -166,6 +166,7 @@ class Setup:
             f"metrics: {{port: {self.metrics_port}}}\n"
             "viewers: {auth: false}\n"
             f"analysis: {{temporal: {temporal}}}\n"
+            f"ingest: {{latency_ms: {ingest_latency_ms}}}\n"
             f"cameras:\n  - name: cam\n    url: {self.camera.url}\n")
         self.log = (folder / "daemon.log").open("wb")
         self.daemon = subprocess.Popen(
@@ -219,10 +220,11 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def run(seconds: float, temporal: str) -> dict[str, float | str]:
+def run(seconds: float, temporal: str, ingest_latency_ms: int) -> dict[str, float | str]:
     clip = bench_clip(600, max(2, int(seconds // 20) + 4))
     with tempfile.TemporaryDirectory() as tmp:
-        setup = Setup(clip, Path(tmp), temporal, lifetime=seconds + 180)
+        setup = Setup(clip, Path(tmp), temporal, lifetime=seconds + 180,
+                      ingest_latency_ms=ingest_latency_ms)
         try:
             direct = CodeClient(setup.camera.url, 1280, 720, timeout=seconds + 60)
             output = CodeClient(setup.output_url, 1280, 720, timeout=seconds + 60)
@@ -249,6 +251,8 @@ def run(seconds: float, temporal: str) -> dict[str, float | str]:
                  - metric(m0, "frames_published_anonymized_total"))
     return {
         "temporal": temporal,
+        "ingest_latency_ms": ingest_latency_ms,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "seconds": round(wall, 1),
         "output_fps_client": round((n1 - n0) / wall, 2),
         "published_anonymized_fps": round(published / wall, 2),
@@ -266,10 +270,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--temporal", choices=["bracket", "hold", "both"], default="both")
+    parser.add_argument("--ingest-latency-ms", type=int, default=100,
+                        help="the daemon's rtspsrc jitter buffer (config ingest.latency_ms)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     modes = ["bracket", "hold"] if args.temporal == "both" else [args.temporal]
-    results = [run(args.seconds, mode) for mode in modes]
+    results = [run(args.seconds, mode, args.ingest_latency_ms) for mode in modes]
     print(f"machine: {os.cpu_count()} CPUs, {os.uname().machine}; clip {CLIP.name} (1280x720 at"
           " 30 fps); default model; the daemon, camera and both viewers share the machine")
     keys = list(results[0])
