@@ -1,0 +1,171 @@
+"""Measure segmentation models the way the daemon runs them (`python -m training.evaluate`).
+
+For every model (an ONNX file with its manifest), through the daemon's `OnnxAnalyzer` on the
+val split of shared/data/seg at the images' own resolution: IoU of person and license_plate per
+data source and over each set (dataset-level: intersections and unions summed over images),
+person recall by object size (8-connected ground-truth blobs, COCO-style pixel-area bins), and
+the median CPU latency of `labels()` on a 513 x 513 frame with one thread. One Markdown table,
+the models side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from daemon.analysis.manifest import load_manifest
+from daemon.analysis.onnx_backend import OnnxAnalyzer
+from training.data import DEFAULT_SRC, IGNORE, load_pair, read_split
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO / "engines" / "deeplabv3_mnv2_voc_257.onnx"
+# object size bins (pixels of one ground-truth person blob at the image's resolution)
+SIZE_BINS = (("small", 0, 32 * 32), ("medium", 32 * 32, 96 * 96), ("large", 96 * 96, math.inf))
+FOUND = 0.5  # a person counts as found when at least half of its pixels are labelled person
+SET_CLASS = {"person": ("person", 1), "plate": ("license_plate", 2)}
+
+
+@dataclass
+class Tally:
+    """Running sums for one model."""
+
+    inter: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    union: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    size_hit: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    size_pixels: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    found: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    objects: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add_iou(self, key: str, pred: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> None:
+        self.inter[key] += int(np.count_nonzero(pred & truth & valid))
+        self.union[key] += int(np.count_nonzero((pred | truth) & valid))
+
+    def add_objects(self, pred: np.ndarray, truth: np.ndarray) -> None:
+        count, blobs, stats, _ = cv2.connectedComponentsWithStats(
+            truth.astype(np.uint8), connectivity=8)
+        if count <= 1:
+            return
+        hits = np.bincount(blobs[pred].ravel(), minlength=count)
+        for blob in range(1, count):
+            area = int(stats[blob, cv2.CC_STAT_AREA])
+            name = next(n for n, lo, hi in SIZE_BINS if lo <= area < hi)
+            self.objects[name] += 1
+            self.size_pixels[name] += area
+            self.size_hit[name] += int(hits[blob])
+            self.found[name] += int(hits[blob] >= FOUND * area)
+
+    def metrics(self) -> dict[str, float]:
+        out = {f"iou/{k}": self.inter[k] / self.union[k] if self.union[k] else math.nan
+               for k in self.union}
+        for name, _, _ in SIZE_BINS:
+            n = self.objects.get(name, 0)
+            out[f"found/{name}"] = self.found[name] / n if n else math.nan
+            out[f"pixel_recall/{name}"] = (self.size_hit[name] / self.size_pixels[name]
+                                           if n else math.nan)
+            out[f"objects/{name}"] = float(n)
+        return out
+
+
+def evaluate(model: Path, samples: list, threads: int = 0) -> dict[str, float]:
+    """Metrics of one model on `samples` through the daemon's CPU analyzer."""
+    manifest = load_manifest(model.with_suffix(".manifest.yaml"))
+    analyzer = OnnxAnalyzer(model, manifest, threads=threads)
+    tally = Tally()
+    for sample in samples:
+        image, mask = load_pair(sample)
+        labels = analyzer.labels(image)
+        name, truth_id = SET_CLASS[sample.kind]
+        valid = mask != IGNORE
+        truth = mask == truth_id
+        if name not in manifest.classes:
+            continue
+        pred = labels == manifest.classes[name]
+        tally.add_iou(f"{name}/{sample.source}", pred, truth, valid)
+        tally.add_iou(name, pred, truth, valid)
+        if sample.kind == "person":
+            tally.add_objects(pred & valid, truth)
+    return tally.metrics()
+
+
+def latency_ms(model: Path, runs: int = 20, size: int = 513) -> float:
+    """Median ms of `labels()` on a real still stretched to size x size, one thread."""
+    manifest = load_manifest(model.with_suffix(".manifest.yaml"))
+    analyzer = OnnxAnalyzer(model, manifest, threads=1)
+    still = REPO.parent / "shared" / "data" / "stills" / "deface_city.jpg"
+    frame = cv2.imread(str(still), cv2.IMREAD_COLOR)
+    if frame is None:
+        frame = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    frame = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
+    analyzer.labels(frame)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        analyzer.labels(frame)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    """Markdown: one row per metric, one column per model."""
+    names = list(results)
+    keys: list[str] = []
+    for metrics in results.values():
+        keys += [k for k in metrics if k not in keys]
+    order = sorted(keys, key=lambda k: (k.split("/")[0] != "iou", k.startswith("latency"), k))
+    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for key in order:
+        cells = []
+        for name in names:
+            value = results[name].get(key, math.nan)
+            if math.isnan(value):
+                cells.append("n/a")
+            elif key.startswith("objects/"):
+                cells.append(f"{int(value)}")
+            elif key.startswith("latency"):
+                cells.append(f"{value:.0f}")
+            else:
+                cells.append(f"{value:.3f}")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", type=Path, nargs="*", help="ONNX files (manifest next to each)")
+    parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"add the reference model {REFERENCE.name}")
+    parser.add_argument("--data", type=Path, default=DEFAULT_SRC, help="shared/data/seg")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--threads", type=int, default=0, help="ORT threads for the IoU pass")
+    parser.add_argument("--latency-runs", type=int, default=20, help="0: skip the timing")
+    parser.add_argument("--json", type=Path, help="also write the metrics here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    models = list(args.models) + ([REFERENCE] if args.reference else [])
+    samples = read_split(args.data, args.split)
+    results: dict[str, dict[str, float]] = {}
+    for model in models:
+        log.info("evaluating %s on %d %s images", model.name, len(samples), args.split)
+        metrics = evaluate(model, samples, args.threads)
+        if args.latency_runs:
+            metrics["latency_ms/513x513_1thread_median"] = latency_ms(model, args.latency_runs)
+        results[model.stem] = metrics
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

