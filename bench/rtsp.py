@@ -171,7 +171,8 @@ class Setup:
         self.log = (folder / "daemon.log").open("wb")
         self.daemon = subprocess.Popen(
             [sys.executable, str(HELPER), "daemon", str(lifetime), str(fake) if fake else "-",
-             "run", "-c", str(config)], stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+             "run", "-c", str(config)], stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
+            env={**os.environ, "MALLOC_ARENA_MAX": "2"})  # as systemd/anonymizer.service
         if not wait_port(self.rtsp_port, 120):
             self.close()
             raise RuntimeError(f"daemon did not start; see {folder / 'daemon.log'}")

@@ -95,8 +95,16 @@ class FfmpegClient:
              "-i", url, "-an", "-f", "rawvideo", "-pix_fmt", "bgr24",
              "-fps_mode", "passthrough", "pipe:1"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self._thread = threading.Thread(target=self._read, daemon=True)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._guarded_read, daemon=True)
         self._thread.start()
+
+    def _guarded_read(self) -> None:
+        try:
+            self._read()
+        except BaseException as exc:  # kept for the test's message; ffmpeg is then stopped
+            self.error = exc
+            self.proc.kill()
 
     def _read(self) -> None:
         import numpy as np

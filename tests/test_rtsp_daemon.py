@@ -318,6 +318,29 @@ def test_service_notify_auth_reload_and_stop(marked_feed: Path, tmp_path: Path) 
         assert (stream["width"], stream["height"]) == MARKED_SIZE
         assert client.alive() and "camera a: stopped" not in daemon.log()
 
+        # removing b stops only b
+        daemon.config_path.write_text(good)
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "camera b: stopped" in daemon.log(), 15), daemon.log()
+        assert "camera a: stopped" not in daemon.log() and client.alive()
+
+        # a hung stage (one analyzer call of 4 s > heartbeat_timeout_s 3 s) withholds WATCHDOG
+        _messages(sock, "never", 0.6)  # drain
+        (control / "slow").write_text("4")
+        time.sleep(0.5)
+        (control / "slow").unlink()
+        pings = []
+        deadline = time.monotonic() + 7
+        while time.monotonic() < deadline:
+            try:
+                if "WATCHDOG=1" in sock.recv(4096).decode():
+                    pings.append(time.monotonic())
+            except TimeoutError:
+                pass
+        gaps = np.diff(pings)
+        assert len(pings) >= 3 and gaps.max() > 1.2, pings  # normally every 0.5 s
+        assert "watchdog withheld: stale stages a/analysis" in daemon.log()
+
         started = time.monotonic()
         daemon.proc.send_signal(signal.SIGTERM)
         code = daemon.proc.wait(15)
