@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 CLASSES = ("background", "person", "license_plate")
 IGNORE = 255
+# background on a plate image where the reference model sees a person: "background or person"
+MAYBE_PERSON = 254
 INPUT_SIZE = 513  # the daemon stretches every frame to 513 x 513 (the manifest's input)
 # torchvision's ImageNet normalisation (the backbone's), RGB order
 MEAN_RGB = (123.675, 116.28, 103.53)
@@ -175,8 +177,11 @@ def to_tensor(image: NDArray[np.uint8]) -> torch.Tensor:
 def allowed_classes(mask: torch.Tensor, kinds: list[str]) -> torch.Tensor:
     """B x 3 x H x W bool: the classes each pixel may be, given its set's partial labels.
 
-    Labelled class -> only it; background on a person image -> background or plate; background
-    on a plate image -> background or person; ignore (255) -> no class (pixel not scored).
+    Labelled class -> only it; background on a person image -> background or plate (CamVid's
+    cars carry unlabelled plates); background on a plate image -> background, or background or
+    person where the reference model sees a person there (MAYBE_PERSON, `teacher_hints`): left
+    free everywhere, "person" became the model's answer for any plate-image background; ignore
+    (255) -> no class (pixel not scored).
     """
     allowed = torch.zeros((mask.shape[0], len(CLASSES), *mask.shape[1:]), dtype=torch.bool)
     for b, kind in enumerate(kinds):
@@ -184,10 +189,44 @@ def allowed_classes(mask: torch.Tensor, kinds: list[str]) -> torch.Tensor:
         for class_id in (1, 2):
             allowed[b, class_id] = m == class_id
         background = m == 0
-        allowed[b, 0] = background
-        unlabelled = 2 if LABELLED[kind] == 1 else 1
-        allowed[b, unlabelled] |= background
+        maybe_person = m == MAYBE_PERSON
+        allowed[b, 0] = background | maybe_person
+        if LABELLED[kind] == 1:
+            allowed[b, 2] |= background
+        else:
+            allowed[b, 1] |= maybe_person
     return allowed
+
+
+def hint_path(sample: Sample) -> Path:
+    """Where the teacher's person hint of a plate image lives (next to its mask)."""
+    return Path(str(sample.mask).replace("/masks/", "/hints/", 1))
+
+
+def teacher_hints(root: Path, reference: Path, dilate: int = 15) -> int:
+    """For every plate image under `root`: PNG of where the reference VOC model sees a person.
+
+    Dilated by `dilate` px (the hint only frees pixels, so erring large is the safe side).
+    """
+    from daemon.analysis.manifest import load_manifest
+    from daemon.analysis.onnx_backend import OnnxAnalyzer
+
+    manifest = load_manifest(reference.with_suffix(".manifest.yaml"))
+    analyzer = OnnxAnalyzer(reference, manifest)
+    person = manifest.classes["person"]
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (dilate, dilate))
+    count = 0
+    for split in ("train", "val"):
+        for sample in read_split(root, split):
+            if sample.kind != "plate":
+                continue
+            image, _ = load_pair(sample)
+            hint = cv2.dilate((analyzer.labels(image) == person).astype(np.uint8), kernel)
+            path = hint_path(sample)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), hint * 255, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+            count += int(hint.any())
+    return count
 
 
 def partial_label_loss(logits: torch.Tensor, allowed: torch.Tensor,
@@ -231,6 +270,13 @@ class SegDataset(torch.utils.data.Dataset):
         sample = self.samples[index]
         rng = np.random.default_rng((self.seed, self.epoch, index))
         image, mask = load_pair(sample)
+        if sample.kind == "plate":
+            hint = hint_path(sample)
+            seen = cv2.imread(str(hint), cv2.IMREAD_UNCHANGED) if hint.is_file() else None
+            if seen is None:
+                raise FileNotFoundError(f"{hint} missing: run python -m training.data --hints")
+            mask = mask.copy()
+            mask[(mask == 0) & (seen > 0)] = MAYBE_PERSON
         image, mask = augment(image, mask, sample.source, self.config, rng)
         return to_tensor(image), torch.from_numpy(mask), sample.kind, sample.source
 
@@ -241,10 +287,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dst", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--longest", type=int, default=INPUT_SIZE)
     parser.add_argument("--quality", type=int, default=75, help="JPEG quality")
+    parser.add_argument("--hints", action="store_true",
+                        help="only (re)build the teacher's person hints of the plate images")
+    parser.add_argument("--reference", type=Path,
+                        default=REPO / "engines" / "deeplabv3_mnv2_voc_257.onnx")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    total = build_cache(args.src, args.dst, args.longest, args.quality)
-    log.info("compact copy in %s: %.1f MiB", args.dst, total / 2**20)
+    if not args.hints:
+        total = build_cache(args.src, args.dst, args.longest, args.quality)
+        log.info("compact copy in %s: %.1f MiB", args.dst, total / 2**20)
+    count = teacher_hints(args.dst, args.reference)
+    log.info("teacher hints written; %d plate images show a person", count)
 
 
 if __name__ == "__main__":

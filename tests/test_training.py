@@ -1,0 +1,171 @@
+"""Training pipeline: DeepLabv3+ shapes, a real training step, ONNX export parity, the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.analysis.manifest import load_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+ENGINES = REPO / "engines"
+OUR_MODEL = ENGINES / "deeplabv3plus_mnv2_person_plate_513.onnx"
+
+
+def _stride4(n: int) -> int:
+    for _ in range(2):  # two stride-2 3x3 convs with padding 1
+        n = (n - 1) // 2 + 1
+    return n
+
+
+@pytest.mark.parametrize(("height", "width"), [(97, 131), (513, 513), (65, 33)])
+def test_output_shape_for_odd_sizes(height: int, width: int) -> None:
+    torch = pytest.importorskip("torch")
+    from training.model import DeepLabV3Plus
+
+    model = DeepLabV3Plus(num_classes=3).eval()
+    with torch.no_grad():
+        x = torch.zeros(1, 3, height, width)
+        logits = model(x)
+        full = model.logits_at_input(x)
+    assert logits.shape == (1, 3, _stride4(height), _stride4(width))
+    assert full.shape == (1, 3, height, width)
+
+
+def _real_batch(shared_data: Path, crop: int, count: int):
+    import torch
+
+    from training.data import AugmentConfig, augment, load_pair, read_split, to_tensor
+
+    samples = read_split(shared_data / "seg", "train")
+    person = [s for s in samples if s.kind == "person"]
+    plate = [s for s in samples if s.kind == "plate"]
+    picked = person[: count // 2] + plate[: count - count // 2]
+    rng = np.random.default_rng(0)
+    config = AugmentConfig(size=crop, foreground_crop=1.0)
+    images, masks = [], []
+    for sample in picked:
+        image, mask = augment(*load_pair(sample), sample.source, config, rng)
+        images.append(to_tensor(image))
+        masks.append(torch.from_numpy(mask))
+    return torch.stack(images), torch.stack(masks), [s.kind for s in picked]
+
+
+def test_partial_labels_never_call_the_other_class_background() -> None:
+    torch = pytest.importorskip("torch")
+    from training.data import MAYBE_PERSON, allowed_classes, partial_label_loss
+
+    mask = torch.tensor([[[0, 1, 255, 0]], [[0, 2, 255, MAYBE_PERSON]]], dtype=torch.uint8)
+    allowed = allowed_classes(mask, ["person", "plate"])
+    # person image: background may be an unlabelled plate
+    assert allowed[0, :, 0, 0].tolist() == [True, False, True]
+    assert allowed[0, :, 0, 1].tolist() == [False, True, False]
+    # plate image: background is background, unless the teacher saw a person there
+    assert allowed[1, :, 0, 0].tolist() == [True, False, False]
+    assert allowed[1, :, 0, 1].tolist() == [False, False, True]
+    assert allowed[1, :, 0, 3].tolist() == [True, True, False]
+    assert not allowed[:, :, 0, 2].any()
+    # a confident plate on a person image's background costs nothing; a person there does
+    plate_logits = torch.tensor([-9.0, -9.0, 9.0]).view(1, 3, 1, 1).expand(1, 3, 1, 3)
+    person_logits = torch.tensor([-9.0, 9.0, -9.0]).view(1, 3, 1, 1).expand(1, 3, 1, 3)
+    background = torch.tensor([[[0, 255, 255]]], dtype=torch.uint8)
+    on_person = allowed_classes(background, ["person"])
+    assert partial_label_loss(plate_logits, on_person) < 1e-3
+    assert partial_label_loss(person_logits, on_person) > 10.0
+
+
+def test_two_training_steps_lower_the_loss(shared_data: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from training.data import allowed_classes, partial_label_loss
+    from training.train import TrainConfig, build_model, train_step
+
+    torch.manual_seed(0)
+    images, masks, kinds = _real_batch(shared_data, crop=96, count=4)
+    model = build_model(TrainConfig(), imagenet=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.007, momentum=0.9)
+    device = torch.device("cpu")
+
+    def loss_now() -> float:
+        model.eval()  # no dropout, fixed BN statistics: the same measurement before and after
+        with torch.no_grad():
+            return float(partial_label_loss(model(images), allowed_classes(masks, kinds)))
+
+    # BN running statistics start at (0, 1): let them see the data before the first measurement
+    model.train()
+    with torch.no_grad():
+        for _ in range(10):
+            model(images)
+    before = loss_now()
+    for _ in range(2):
+        train_step(model, optimizer, images, masks, kinds, None, device)
+    after = loss_now()
+    assert after < before, (before, after)
+
+
+def test_export_then_onnx_runtime_labels_match_pytorch(shared_data: Path, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import cv2
+
+    from daemon.analysis.onnx_backend import OnnxAnalyzer
+    from training.data import to_tensor
+    from training.export import export_onnx, write_manifest
+    from training.model import DeepLabV3Plus
+    from training.train import predict
+
+    size = 129
+    image = cv2.imread(str(shared_data / "stills" / "deface_city.jpg"), cv2.IMREAD_COLOR)
+    image = cv2.resize(image, (200, 150), interpolation=cv2.INTER_AREA)
+    view = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+
+    # an untrained net whose BN statistics come from the image and whose classifier is loud
+    # enough that its labels vary across the image (a constant map would prove nothing)
+    torch.manual_seed(1)
+    model = DeepLabV3Plus(num_classes=3)
+    torch.nn.init.normal_(model.classifier.weight, std=3.0)
+    model.train()
+    with torch.no_grad():
+        batch = torch.stack([to_tensor(view), to_tensor(view[:, ::-1])])
+        for _ in range(30):
+            model(batch)
+    model.eval()
+    onnx_path = tmp_path / "tiny.onnx"
+    export_onnx(model, onnx_path, size=size)
+    manifest = load_manifest(write_manifest(onnx_path, "tiny", size=size))
+    analyzer = OnnxAnalyzer(onnx_path, manifest, threads=1)
+    ours = analyzer.labels(image)
+    with torch.no_grad():
+        logits = torch.nn.functional.interpolate(
+            model(to_tensor(view)[None]), size=image.shape[:2], mode="bilinear",
+            align_corners=False)
+        reference = logits.argmax(dim=1)[0].numpy().astype(np.uint8)
+    assert ours.shape == image.shape[:2]
+    assert np.sort(np.bincount(reference.ravel(), minlength=3))[-2] > 0.01 * reference.size
+    agree = float(np.mean(ours == reference))
+    assert agree > 0.999, agree
+    # training's validation predicts with the same recipe (stretch, bilinear, argmax)
+    assert np.array_equal(predict(model, image, torch.device("cpu"), size=size), reference)
+
+
+def test_committed_model_manifest_matches_its_onnx() -> None:
+    onnx = pytest.importorskip("onnx")
+    import hashlib
+
+    from daemon.analysis.onnx_backend import OnnxAnalyzer
+
+    manifest = load_manifest(OUR_MODEL.with_suffix(".manifest.yaml"))
+    assert hashlib.sha256(OUR_MODEL.read_bytes()).hexdigest() == manifest.sha256
+    assert OUR_MODEL.stat().st_size <= 20 * 1024 * 1024
+    graph = onnx.load(str(OUR_MODEL)).graph
+    assert [i.name for i in graph.input] == [manifest.input.name]
+    assert [o.name for o in graph.output] == [manifest.output.name]
+    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, manifest.input.height, manifest.input.width]
+    out = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+    assert out[:2] == [1, len(manifest.classes)]
+    assert manifest.classes == {"background": 0, "person": 1, "license_plate": 2}
+    analyzer = OnnxAnalyzer(OUR_MODEL, manifest, threads=1)  # checks I/O and runs once
+    frame = np.zeros((360, 480, 3), np.uint8)
+    assert analyzer.labels(frame).shape == (360, 480)
