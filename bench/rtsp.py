@@ -3,7 +3,8 @@
 A 720p30 real clip (car_plate_approach) is re-encoded once with a frame-number barcode in the
 top-right corner (and the tests' sensitive checkerboard), served by the tests' GstRtspServer
 test camera, anonymized by `anonymizer run` (the default model, a subprocess) and read by two
-ffmpeg viewers: one on the camera, one on the daemon. Added latency = arrival of a frame
+ffmpeg viewers: one on the camera, one on the daemon (both decode full frames and pass the
+top 160 rows, barcode and checkerboard, to Python). Added latency = arrival of a frame
 number at the daemon's viewer minus its arrival at the camera's viewer (same machine, same
 decoder, so only the daemon's share remains). CPU = the daemon process's CPU time / wall time.
 
@@ -38,6 +39,7 @@ from rtsp_camera import (  # noqa: E402  (test helpers: camera process, ffmpeg v
 )
 
 CLIP = REPO.parent / "shared" / "data" / "clips" / "car_plate_approach_1280x720.mp4"
+CROP_ROWS = 160  # viewers decode the full frame but hand only the top rows to Python
 CODE_BITS = 16
 CODE_CELL = 16
 CACHE = Path(tempfile.gettempdir()) / "anonymizer-bench"
@@ -111,7 +113,8 @@ class CodeClient(FfmpegClient):
 
     def __init__(self, url: str, width: int, height: int, **kwargs: object) -> None:
         self.codes: list[int | None] = []
-        super().__init__(url, width, height, keep_every=10**9, **kwargs)  # type: ignore[arg-type]
+        super().__init__(url, width, height, keep_every=10**9, crop_rows=CROP_ROWS,
+                         **kwargs)  # type: ignore[arg-type]
 
     def _read(self) -> None:
         size = self.width * self.height * 3

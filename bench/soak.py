@@ -32,9 +32,41 @@ from rtsp import (
     metrics_text,
     rss_bytes,
 )
+from rtsp_camera import leak_score
 
 RAW_SCORE = 0.3  # leak_score above this: the checkerboard is visible (raw ~0.9, hidden ~0)
 WARMUP_S = 60.0
+
+
+class GstViewer:
+    """A second, GStreamer viewer (rtspsrc over TCP, the daemon's own reader class used as a
+    client): scores every frame it receives. ffmpeg 5.1 viewers were seen to stop receiving
+    after 80-115 s of 720p30 from GstRtspServer 1.22.0 while this client kept going."""
+
+    def __init__(self, url: str) -> None:
+        from daemon.config import IngestConfig
+        from daemon.streams.ingest import CameraReader, CameraSource
+
+        self.frames = 0
+        self.raw = 0
+        self.max_score = 0.0
+        self.disconnects = 0
+        self._reader = CameraReader("soak-viewer", CameraSource.parse(url),
+                                    IngestConfig(watchdog_s=5.0, stale_frames=0),
+                                    self._frame, self._state)
+        self._reader.start()
+
+    def _frame(self, frame) -> None:
+        score = leak_score(frame.image)
+        self.frames += 1
+        self.raw += score > RAW_SCORE
+        self.max_score = max(self.max_score, score)
+
+    def _state(self, connected: bool, _reason: str) -> None:
+        self.disconnects += not connected
+
+    def stop(self) -> None:
+        self._reader.stop(5.0)
 
 
 def main() -> int:
@@ -50,6 +82,7 @@ def main() -> int:
         (control / "real").write_text("")
         setup = Setup(clip, Path(tmp), "bracket", lifetime=seconds + 300, fake=control)
         viewer = CodeClient(setup.output_url, 1280, 720, timeout=seconds + 120)
+        gst_viewer = GstViewer(setup.output_url)
         samples: list[tuple[float, int, int]] = []  # (s, RSS, frames the viewer got)
         restarts = 0
         try:
@@ -69,13 +102,14 @@ def main() -> int:
             text = metrics_text(setup.metrics_port)
             alive = viewer.alive()
         finally:
+            gst_viewer.stop()
             stderr = viewer.stop()
             code = setup.close()
     if viewer.error is not None:
         print(f"viewer thread failed: {viewer.error!r}")
     stalls = [f"{t:.0f}s" for (t, _, n), (_, _, m) in itertools.pairwise(samples)
               if m == n]
-    print("viewer frames per sample:", " ".join(str(n) for _, _, n in samples))
+    print("ffmpeg viewer frames per sample:", " ".join(str(n) for _, _, n in samples))
     if stalls:
         print(f"viewer got no frame in the 10 s before: {', '.join(stalls)}")
         print("viewer stderr (end):", stderr[-800:])
@@ -85,6 +119,9 @@ def main() -> int:
     last = [rss for t, rss in warm if t > warm[-1][0] - window]
     base, end, peak = statistics.median(first), statistics.median(last), max(r for _, r in warm)
     raw = sum(1 for s in viewer.scores if s > RAW_SCORE)
+    print(f"GStreamer viewer (rtspsrc, newest frame only): {gst_viewer.frames} frames,"
+          f" {gst_viewer.raw} raw, max score {gst_viewer.max_score:.2f},"
+          f" {gst_viewer.disconnects} disconnects")
     print(f"machine: {os.cpu_count()} CPUs; clip {CLIP.name} 1280x720 at 30 fps looped; default"
           f" model + forced sensitive square; camera restarted every {args.restart_every:.0f} s")
     print("minutes | frames viewed | raw frames | max score | anonymized | fail-closed |"
@@ -96,7 +133,7 @@ def main() -> int:
           f"{metric(text, 'reconnects_total'):.0f} ({restarts} restarts) | "
           f"{base / 2**20:.1f} | {end / 2**20:.1f} | {peak / 2**20:.1f} | "
           f"{100 * (end - base) / base:.2f} | {alive} | {code}")
-    return 0 if raw == 0 and code == 0 else 1
+    return 0 if raw == 0 and gst_viewer.raw == 0 and code == 0 else 1
 
 
 if __name__ == "__main__":

@@ -79,12 +79,15 @@ class FfmpegClient:
     """
 
     def __init__(self, url: str, width: int, height: int, *, keep_every: int = 10,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, crop_rows: int | None = None) -> None:
         import threading
 
         self.url = url
         self.width = width
-        self.height = height
+        # crop_rows: ffmpeg keeps only the top rows (MARK_BOX and the bench's barcode), so a
+        # Python reader keeps up with 720p30
+        self.height = crop_rows or height
+        crop = ["-vf", f"crop={width}:{crop_rows}:0:0"] if crop_rows else []
         self.arrivals: list[float] = []
         self.scores: list[float] = []
         self.kept: list[tuple[int, object]] = []
@@ -92,7 +95,7 @@ class FfmpegClient:
         self.proc = subprocess.Popen(
             ["timeout", "-s", "KILL", str(timeout), "ffmpeg", "-nostdin", "-loglevel", "error",
              "-rtsp_transport", "tcp", "-fflags", "nobuffer", "-flags", "low_delay",
-             "-i", url, "-an", "-f", "rawvideo", "-pix_fmt", "bgr24",
+             "-i", url, "-an", *crop, "-f", "rawvideo", "-pix_fmt", "bgr24",
              "-fps_mode", "passthrough", "pipe:1"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.error: BaseException | None = None

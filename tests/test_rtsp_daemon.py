@@ -77,6 +77,8 @@ def http_get(port: int, path: str) -> tuple[int, str]:
             return reply.status, reply.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+    except OSError:  # not listening (yet)
+        return 0, ""
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -408,16 +410,23 @@ def test_real_model_people_blurred_background_kept(street_feed: Path, shared_dat
         assert (stream["width"], stream["height"]) == (640, 360)
         assert stream["r_frame_rate"] == "30/1"
         client = FfmpegClient(url, 640, 360, keep_every=15, timeout=60)
+        assert client.wait_frames(30, 30), daemon.log()
+        published0 = metric(http_get(metrics_port, "/metrics")[1],
+                            "frames_published_anonymized_total")
+        t0 = time.monotonic()
         assert client.wait_frames(150, 30), daemon.log()
-        measured = client.fps(client.arrivals[30])
         text = http_get(metrics_port, "/metrics")[1]
+        published = (metric(text, "frames_published_anonymized_total") - published0) / (
+            time.monotonic() - t0)
+        measured = client.fps(client.arrivals[30])
     finally:
         if client:
             client.stop()
         code = daemon.stop()
         camera.kill()
     assert code == 0, daemon.log()
-    assert measured > 26, measured
+    assert published > 27, published  # the camera's 30 fps, all anonymized
+    assert measured > 20, measured  # what one viewer decoded on a busy 2-core machine
     assert metric(text, "objects_total", camera="street", **{"class": "person"}) > 0
     analyzer = create_analyzer(load_config(None))
     person = analyzer.manifest.classes["person"]

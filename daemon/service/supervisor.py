@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from daemon.analysis import Analyzer, class_ids, create_analyzer
-from daemon.anonymizer.cpu import CpuAnonymizer
+from daemon.anonymizer import create_anonymizer
 from daemon.config import CameraConfig, Config
 from daemon.errors import ConfigError
 from daemon.metrics import Metrics, MetricsServer
@@ -111,13 +111,13 @@ class Supervisor:
         self._apply_cameras(config)
 
     def _warm_anonymizer(self) -> None:
-        """Compile the fast blur path now (numba), not on the first camera frame."""
+        """Compile the blur now (numba or device kernels), not on the first camera frame."""
         ids = class_ids(self.analyzer.manifest, self.config.anonymize)
         frame = np.full((64, 64, 3), 128, np.uint8)
         labels = np.zeros((64, 64), np.uint8)
         labels[16:48, 16:48] = ids[0]
         started = time.monotonic()
-        CpuAnonymizer(ids, self.config.blur).anonymize(frame, labels)
+        create_anonymizer(self.analyzer, ids, self.config.blur).anonymize(frame, labels)
         log.info("anonymizer warm (%.1f s)", time.monotonic() - started)
 
     def stop(self) -> None:
@@ -139,7 +139,8 @@ class Supervisor:
     def _start_camera(self, config: Config, camera: CameraConfig, setup: CameraSetup) -> None:
         if self._server is None:
             raise RuntimeError("the RTSP server is not running")
-        anonymizer = CpuAnonymizer(setup.protected, config.camera_blur(camera))
+        anonymizer = create_anonymizer(self.analyzer, setup.protected,
+                                       config.camera_blur(camera))
         publisher = CameraPublisher(camera.name, 0.0)
         pipeline = CameraPipeline(setup, self.analyzer, anonymizer, publisher, self.metrics)
         self._server.mount(publisher)
