@@ -166,7 +166,7 @@ def test_model_emitting_nan_fails_its_warm_up(tmp_path: Path) -> None:
 
 
 def test_gpu_device_is_unavailable_with_the_reason() -> None:
-    with pytest.raises(BackendUnavailable, match="^model.device is gpu: "):
+    with pytest.raises(BackendUnavailable, match=r"^model\.device is gpu: "):
         create_analyzer(_config(device="gpu"))
 
 
