@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -120,3 +121,12 @@ def class_ids(manifest: Manifest, names: Iterable[str]) -> tuple[int, ...]:
             )
         ids.append(manifest.classes[name])
     return tuple(ids)
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a (model) file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +12,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from daemon.analysis.manifest import Manifest
+from daemon.analysis.manifest import Manifest, sha256_file
 from daemon.analysis.tiling import frame_tiles, merge_protected, protected_lookup
 from daemon.analysis.upsample import upsampled_argmax, upsampled_nearest
 from daemon.config import TilingConfig
@@ -51,13 +50,6 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _show(shape: Sequence[Dim]) -> str:
@@ -135,7 +127,7 @@ class OnnxAnalyzer:
             raise ModelError(f"model file {path} not found")
         expected = self.manifest.sha256
         if expected is not None:
-            actual = _sha256(path)
+            actual = sha256_file(path)
             if actual != expected:
                 raise ModelError(
                     f"model {path}: sha256 is {actual}, manifest {self.manifest.name!r} says "

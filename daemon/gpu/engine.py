@@ -10,7 +10,6 @@ strongly typed (TensorRT 11 accepts nothing else): FP16 comes from an FP16 ONNX 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
+from daemon.analysis.manifest import sha256_file
 from daemon.errors import BackendUnavailable, EngineError, ModelError
 
 log = logging.getLogger(__name__)
@@ -72,13 +72,6 @@ class EngineKey:
             f"-trt{self.tensorrt}-{self.precision}{PLAN_SUFFIX}"
         )
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def engine_key(onnx: Path, gpu: GpuIdentity, trt: ModuleType, precision: Precision) -> EngineKey:
