@@ -124,8 +124,9 @@ depthwise-separable 3x3 convolutions, {decoder} channels). Written in PyTorch wi
 
 Each set labels one class only (person images hold unlabelled plates, plate images unlabelled
 people and background plates), so the loss is a **partial-label** loss: a pixel labelled
-background on a person image must be "background or license_plate", on a plate image
-"background or person"; the loss is -log of the probability of that set
+background on a person image must be "background or license_plate"; on a plate image it must be
+background, except where the reference VOC model sees a person (dilated 15 px: "background or
+person"; `python -m training.data --hints`). The loss is -log of the probability of that set
 (`training/data.py: partial_label_loss`). Ignore pixels (255) are not scored.
 
 ## Training
@@ -138,7 +139,7 @@ seen at the daemon's scale or larger), random horizontal flip, random {crop} x {
 the crops centred near a labelled foreground pixel, as plates cover ~1 % of a frame), padded with
 the mean colour / ignore. Plate images are repeated {plate_repeat}x per epoch. SGD, momentum
 {momentum}, weight decay {wd}, "poly" learning rate from {lr} (power {power}), batch {batch},
-{steps} steps ({epochs} epochs of {per_epoch} steps), backbone from ImageNet.
+{steps} steps in all (epochs of {per_epoch} steps), backbone from ImageNet.
 
 ## Measured (val split, through the daemon's ONNX Runtime analyzer)
 
