@@ -1,10 +1,15 @@
 """Shared pytest fixtures."""
 
 import functools
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from daemon.anonymizer.objects import BlurParams
 
 
 @pytest.fixture(scope="session")
@@ -96,3 +101,40 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.config.getoption("--gpu"):
         pytest.fail(f"--gpu given but no usable GPU: {reason}", pytrace=False)
     pytest.skip(f"needs an NVIDIA GPU (run with --gpu on one): {reason}")
+
+
+@dataclass(frozen=True)
+class GoldenCase:
+    """One vector of `shared/data/golden` (see its README): inputs, parameters, expectations."""
+
+    name: str
+    frame: np.ndarray
+    labels: np.ndarray
+    expected: np.ndarray
+    classes: tuple[int, ...]
+    params: BlurParams
+    kernels: list[int]
+    changed_pixels: int
+
+
+@pytest.fixture(scope="session")
+def golden_cases(shared_data: Path) -> list[GoldenCase]:
+    """Every golden vector with its BlurParams (a case may override kernel_fraction)."""
+    folder = shared_data / "golden"
+    index = json.loads((folder / "index.json").read_text())
+    base = index["params"]
+    cases = []
+    for name, case in index["cases"].items():
+        data = np.load(folder / f"{name}.npz")
+        params = BlurParams(
+            kernel_fraction=case.get("kernel_fraction", base["kernel_fraction"]),
+            sigma_factor=base["sigma_factor"],
+            min_kernel=base["min_kernel"],
+            max_kernel=base["max_kernel"],
+        )
+        cases.append(GoldenCase(name, data["frame"], data["labels"], data["expected"],
+                                tuple(base["classes"]), params, case["kernels"],
+                                case["changed_pixels"]))
+    if len(cases) < 10:
+        pytest.fail(f"expected at least 10 golden vectors in {folder}, found {len(cases)}")
+    return cases

@@ -1,7 +1,6 @@
 """The device backend on a real GPU: kernels.cu through CuPy against the CPU oracle and the CPU
 analyzer steps. Marked gpu: skipped with the reason without one, failed under `pytest --gpu`."""
 
-import json
 
 import cv2
 import numpy as np
@@ -66,18 +65,11 @@ def test_random_scenes_match_the_oracle(device, seed):
     assert_close(out, blur_objects_oracle(frame, expected), f"seed {seed}")
 
 
-def test_golden_vectors(device, shared_data):
-    folder = shared_data / "golden"
-    index = json.loads((folder / "index.json").read_text())
-    base = index["params"]
-    for name, case in index["cases"].items():
-        data = np.load(folder / f"{name}.npz")
-        params = BlurParams(kernel_fraction=case["kernel_fraction"],
-                            sigma_factor=base["sigma_factor"], min_kernel=base["min_kernel"],
-                            max_kernel=base["max_kernel"])
-        out, objects, _ = on_device(data["frame"], data["labels"], base["classes"], params, device)
-        assert [o.kernel for o in objects] == case["kernels"], name
-        assert_close(out, data["expected"], name)
+def test_golden_vectors(device, golden_cases):
+    for case in golden_cases:
+        out, objects, _ = on_device(case.frame, case.labels, case.classes, case.params, device)
+        assert [o.kernel for o in objects] == case.kernels, case.name
+        assert_close(out, case.expected, case.name)
 
 
 @pytest.fixture(scope="module")
