@@ -389,6 +389,7 @@ def _closest(frame: np.ndarray, sources: list[np.ndarray]) -> np.ndarray:
 def test_real_model_people_blurred_background_kept(street_feed: Path, shared_data: Path,
                                                    tmp_path: Path) -> None:
     from daemon.analysis import create_analyzer
+    from daemon.anonymizer import CpuAnonymizer
     from daemon.anonymizer.objects import dilate
     from daemon.configfile import load_config
 
@@ -431,13 +432,16 @@ def test_real_model_people_blurred_background_kept(street_feed: Path, shared_dat
     assert published > 27, published  # the camera's 30 fps, all anonymized
     assert measured > 20, measured  # what one viewer decoded on a busy 2-core machine
     assert metric(text, "objects_total", camera="street", **{"class": "person"}) > 0
-    analyzer = create_analyzer(load_config(None))
+    config = load_config(None)
+    analyzer = create_analyzer(config)
     person = analyzer.manifest.classes["person"]
+    anonymizer = CpuAnonymizer([person], config.blur)
     sources = _source_frames(shared_data / "clips" / "street_pedestrians_cars_640x360.mp4")
     checked = 0
     for _, frame in client.kept[2:]:
         source = _closest(frame, sources)
-        people = analyzer.labels(source) == person
+        labels = analyzer.labels(source)
+        people = labels == person
         if people.sum() < 400:
             continue
         near = dilate(people, 24)
@@ -445,10 +449,13 @@ def test_real_model_people_blurred_background_kept(street_feed: Path, shared_dat
         mse = float(((frame.astype(np.float32) - source) ** 2)[background].mean())
         psnr = 10 * np.log10(255**2 / max(mse, 1e-6))
         assert psnr > 28, f"background differs from the source: PSNR {psnr:.1f} dB"
-        inner = people & ~dilate(~people, 2)
-        lap_out = np.abs(cv2.Laplacian(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), cv2.CV_32F))
-        lap_src = np.abs(cv2.Laplacian(cv2.cvtColor(source, cv2.COLOR_BGR2GRAY), cv2.CV_32F))
-        assert lap_out[inner].mean() < 0.5 * lap_src[inner].mean(), "people are not blurred"
+        # On people, the published frame is our own anonymization of the source (give or take
+        # two H.264 passes and the bracketing), not the raw source. (A sharpness ratio is not a
+        # fair test here: the encoder's noise on small blurred people reads as detail.)
+        expected = anonymizer.anonymize(source, labels).frame.astype(np.float32)
+        off_raw = float(np.abs(frame - source.astype(np.float32))[people].mean())
+        off_expected = float(np.abs(frame - expected)[people].mean())
+        assert off_expected < 0.5 * off_raw, f"people are not blurred: {off_expected=} {off_raw=}"
         checked += 1
     assert checked >= 3, checked
 
