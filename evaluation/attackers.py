@@ -197,8 +197,9 @@ class PlateReader:
     image[y1-10:...] unclamped, so a plate within 10 px of the top or left edge gives a negative
     start, an empty crop and a cv2.resize error; here the crop is clamped to the image.
     Detection.score is the plate detector's confidence; text is every OCR line on the plate
-    joined (as agentclpr does), so a two-line plate or one with a region name reads as
-    e.g. "QUEBECFMA6383": match ground truth with `truth in text`.
+    joined (as agentclpr does), so a plate with a region name or slogan reads with them, e.g. the
+    Quebec plate FMA6383 in stills/aiguys_car.jpg as "WQUCFMA6383JEMS": an exact comparison with
+    the ground truth undercounts; `truth in text` does not.
     """
 
     def __init__(self) -> None:
