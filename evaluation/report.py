@@ -1,0 +1,346 @@
+"""REPORT.md, its plots (PNG) and the before/after gallery (JPEG), from the measured results."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from daemon.analysis.manifest import sha256_file
+from evaluation.data import REPO
+from evaluation.scales import SCALES, ScaleResults
+from evaluation.systems import Ours
+from evaluation.temporal import MODES, ClipResult, longest_run
+
+GALLERY_WIDTH = 360  # pixels per panel
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    command: str
+    options: str
+    machine: str
+    commit: str
+    attackers: tuple[str, ...]
+
+    @classmethod
+    def collect(cls, command: str, args: argparse.Namespace, attackers: list[str]) -> RunInfo:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                                    capture_output=True, text=True, check=False).stdout.strip()
+        except OSError:
+            commit = ""
+        options = ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items())
+                            if k not in ("data", "out", "models"))
+        machine = f"{_cpu()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+        return cls(command, options, machine, commit or "unknown", tuple(attackers))
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else (
+        f"{value:.{digits}f}")
+
+
+def pct(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.1f} %"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+class Report:
+    def __init__(self, out: Path, info: RunInfo) -> None:
+        self.out = out
+        self.info = info
+        self.sections: list[str] = []
+        self.headlines: list[str] = []
+        (out / "plots").mkdir(parents=True, exist_ok=True)
+        (out / "gallery").mkdir(parents=True, exist_ok=True)
+
+    # --- one model -------------------------------------------------------------------------
+
+    def add_model(self, ours: Ours, scales: ScaleResults, temporal: list[ClipResult],
+                  sizes: dict[bool, dict]) -> None:
+        tag = ours.model.stem
+        parts = [f"## Model `{ours.model.name}`\n",
+                 f"sha256 `{sha256_file(ours.model)[:16]}...`; anonymized classes: "
+                 f"{', '.join(ours.classes)} (the classes of {{person, license_plate}} it knows); "
+                 f"blur: the default config (kernel_fraction {ours.blur.kernel_fraction}, "
+                 f"sigma_factor {ours.blur.sigma_factor}, K in [{ours.blur.min_kernel}, "
+                 f"{ours.blur.max_kernel}], mask_dilation {ours.blur.mask_dilation}). Global "
+                 f"blur of equal privacy: K = {scales.global_blur.kernel}, sigma = "
+                 f"{scales.global_blur.sigma:.0f} (the largest of {len(scales.kernels)} "
+                 "object kernels our blur used on the full-scale set).\n"]
+        parts.append(self._privacy(scales))
+        parts.append(self._faces(scales, tag))
+        parts.append(self._multiscale(scales, tag))
+        parts.append(self._temporal(temporal))
+        parts.append(self._sizes(sizes))
+        parts.append(self._peer(scales, temporal))
+        parts.append(self._gallery(scales, tag))
+        self.sections.append("\n".join(parts))
+        self.headlines.append(self._headline(ours, scales))
+
+    def _privacy(self, r: ScaleResults) -> str:
+        rows = []
+        readers = sorted({k[2] for k in r.plates})
+        for group in r.groups:
+            for version in ("original", "ours", "global", "deface"):
+                if (group, 1.0, version) not in r.face_counts:
+                    continue
+                cells = [group, version, str(r.face_counts[(group, 1.0, version)])]
+                for reader in readers:
+                    score = r.plates.get((group, 1.0, reader, version))
+                    rates = score.rates() if score else {}
+                    cells += [pct(rates.get("detected", math.nan)),
+                              pct(rates.get("recognised", math.nan)),
+                              pct(rates.get("strings_leaked", math.nan))]
+                rows.append(cells)
+        header = ["set (images)", "version", "faces found"]
+        for reader in readers:
+            header += [f"{reader}: plates detected", "plates read", "strings still read"]
+        counts = ", ".join(f"{g}: {n}" for g, n in r.groups.items())
+        return ("### 1. Privacy against real attackers (full scale)\n\n"
+                f"Images: {counts}. *Plates detected / read*: ground-truth plates "
+                "(plate val only) with a detection overlapping the box (IoU >= 0.2) / whose "
+                "annotated text (every character, in order) is inside a string the reader returned "
+                "(readers add surrounding text: agentclpr joins the plate's text lines, HyperLPR "
+                "prefixes a province). *Strings still read*: of the plate "
+                "strings (>= 4 characters) a reader got from the original, the share it still "
+                "gets from this version (one read inside the other; every set).\n\n"
+                + table(header, rows) + "\n")
+
+    def _faces(self, r: ScaleResults, tag: str) -> str:
+        rows = []
+        for (group, scale), f in r.faces.items():
+            if scale != 1.0:
+                continue
+            rows.append([group, f.on_original, f.covered, len(f.misses), f.on_output_masked,
+                         f.on_output_unmasked])
+        picture = self._misses_picture(r, tag)
+        text = ("### Faces against our masks (full scale)\n\nCenterFace on the originals: a face "
+                "is *covered* when half its box lies in our blur mask, else it is an analyzer "
+                "miss. On our output: faces found inside our masks (target 0) and outside "
+                "(misses the attacker still sees).\n\n" + table(
+                    ["set", "faces on original", "covered by our masks", "analyzer misses",
+                     "faces on our output inside masks", "faces on our output outside masks"],
+                    rows) + "\n")
+        if picture:
+            text += f"\nEvery miss, cropped from the original: ![misses]({picture})\n"
+        return text
+
+    def _misses_picture(self, r: ScaleResults, tag: str) -> str:
+        """Every face CenterFace found on an original that our masks do not cover."""
+        crops = [crop for name, crop in r.miss_crops]
+        if not crops:
+            return ""
+        blank = np.zeros_like(crops[0])
+        rows = [np.hstack((crops[i:i + 10] + [blank] * 10)[:10]) for i in range(0, len(crops), 10)]
+        path = self.out / "gallery" / f"{tag}_face_misses.jpg"
+        cv2.imwrite(str(path), np.vstack(rows), [cv2.IMWRITE_JPEG_QUALITY, 85])
+        return path.relative_to(self.out).as_posix()
+
+    def _multiscale(self, r: ScaleResults, tag: str) -> str:
+        rows = []
+        series: dict[str, list[float]] = {}
+        readers = sorted({k[2] for k in r.plates})
+        for scale in SCALES:
+            for version in ("ours", "global"):
+                fid = r.fidelity.get((scale, version), [])
+                task = r.task.get((scale, version))
+                miou = task.miou() if task else math.nan
+                faces = sum(n for (g, s, v), n in r.face_counts.items()
+                            if s == scale and v == version)
+                faces0 = sum(n for (g, s, v), n in r.face_counts.items()
+                             if s == scale and v == "original")
+                rec = [r.plates[k].rates()["recognised"] for k in r.plates
+                       if k[1] == scale and k[3] == version and k[0] == "plate val"]
+                rec0 = [r.plates[k].rates()["recognised"] for k in r.plates
+                        if k[1] == scale and k[3] == "original" and k[0] == "plate val"]
+                rows.append([f"1/{round(1 / scale)}" if scale < 1 else "1", version,
+                             fmt(miou), fmt(float(np.nanmean([p for p, _ in fid])), 1)
+                             if fid else "n/a",
+                             fmt(float(np.nanmean([s for _, s in fid]))) if fid else "n/a",
+                             f"{faces} / {faces0}",
+                             " / ".join(pct(v) for v in rec) + " (orig. " +
+                             " / ".join(pct(v) for v in rec0) + ")"])
+                series.setdefault(f"{version} utility", []).append(miou)
+                series.setdefault(f"{version} faces", []).append(faces / faces0 if faces0
+                                                                  else math.nan)
+        plot = self._plot_scales(series, tag)
+        return ("### 2. Multi-scale protocol (paper 4.2.1)\n\nEach image of the multi-scale "
+                "set at 1, 1/2, 1/4, 1/8 on a black canvas of its size. *Task mIoU*: the "
+                "reference VOC model's car/bus/bicycle labels on the anonymized image against the "
+                "same on the original (agreement IoU, summed over the set, mean over classes), on "
+                "the image region of the canvas. *PSNR/SSIM*: the image region outside our masks "
+                f"grown by 8 px (99 dB = identical). Faces: CenterFace finds on this version / on "
+                f"the original canvas. Plates read on plate val ({', '.join(readers)}).\n\n"
+                + table(["scale", "version", "task mIoU", "PSNR outside masks (dB)",
+                         "SSIM outside masks", "faces found", "plates read"], rows)
+                + f"\n\n![privacy and utility against scale]({plot})\n")
+
+    def _plot_scales(self, series: dict[str, list[float]], tag: str) -> str:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        labels = ["1", "1/2", "1/4", "1/8"]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+        for version, style in (("ours", "o-"), ("global", "s--")):
+            axes[0].plot(labels, series[f"{version} utility"], style, label=version)
+            axes[1].plot(labels, series[f"{version} faces"], style, label=version)
+        axes[0].set_title("utility: task mIoU vs original")
+        axes[1].set_title("privacy: faces found / on original")
+        for ax in axes:
+            ax.set_xlabel("scale")
+            ax.set_ylim(-0.05, 1.05)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        path = self.out / "plots" / f"{tag}_scales.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        return path.relative_to(self.out).as_posix()
+
+    def _temporal(self, clips: list[ClipResult]) -> str:
+        rows = []
+        for clip in clips:
+            for version, leaks in clip.versions.items():
+                plates = (f"{sum(leaks.plates)} (run {longest_run(leaks.plates)})"
+                          if clip.plates_attacked else "not attacked")
+                rows.append([clip.clip, clip.frames, version,
+                             f"{sum(leaks.faces)} (run {longest_run(leaks.faces)})", plates])
+        return ("### 3. Temporal leaks on the clips\n\nFrames where CenterFace finds a face, and "
+                "frames where a plate string read on the original frame (or the clip's known "
+                "plate) is read on this version; in brackets the longest run of consecutive such "
+                "frames. *original*: the same counts on the raw frames. *every frame*: analysis "
+                f"on every frame. *bracket*: analysis every Nth frame, the frames between blurred "
+                f"with the union of the analyses around them as the daemon does ({MODES[1]}).\n\n"
+                + table(["clip", "frames", "version", "frames with a face", "frames with a plate "
+                         "read"], rows) + "\n")
+
+    def _sizes(self, sizes: dict[bool, dict]) -> str:
+        rows = []
+        for tiling, classes in sizes.items():
+            for name, bins in classes.items():
+                cells = [name, "tiles + full frame" if tiling else "full frame",
+                         fmt(bins["iou"])]
+                for size in ("small", "medium", "large"):
+                    found, n, pixels = bins[size]
+                    cells.append(f"{pct(found)} of {n} ({pct(pixels)} px)")
+                rows.append(cells)
+        return ("### 4. Segmentation by object size\n\nVal splits of shared/data/seg: an object "
+                "(8-connected ground-truth blob) is *found* when half its pixels are labelled its "
+                "class; in brackets the share of its pixels labelled. Small < 32x32 px, large > "
+                "96x96 px at the image's resolution.\n\n"
+                + table(["class", "analysis", "IoU", "small found", "medium found",
+                         "large found"], rows) + "\n")
+
+    def _peer(self, r: ScaleResults, clips: list[ClipResult]) -> str:
+        rows = []
+        for group in r.groups:
+            for version in ("original", "ours", "deface"):
+                key = (group, 1.0, version)
+                if key in r.face_counts:
+                    strings = [r.plates[k] for k in r.plates if k[:2] == (group, 1.0)
+                               and k[3] == version]
+                    leaked = sum(s.leaked for s in strings)
+                    total = sum(s.strings for s in strings)
+                    rows.append([group, version, r.face_counts[key], f"{leaked} / {total}"])
+        text = ("### 5. Peer: deface 1.5.0, same images, same run\n\nFaces CenterFace still "
+                "finds, and plate strings still read (of those read on the originals). Note: "
+                "CenterFace is deface's own detector, so deface is judged by the detector it "
+                "blurs; it blurs faces only (bodies and plates stay).\n\n"
+                + table(["set", "version", "faces found", "plate strings still read"], rows))
+        fps_rows = [[c.clip, fmt(c.fps.get("ours", math.nan), 1),
+                     fmt(c.fps.get("deface", math.nan), 1)] for c in clips]
+        text += ("\n\nFrames per second on this CPU (end to end per frame: analysis + blur for "
+                 "ours, detection + blur for deface; the first 30 frames of each clip, median "
+                 "conditions of one run):\n\n" + table(["clip", "ours fps", "deface fps"],
+                                                       fps_rows) + "\n")
+        return text
+
+    def _gallery(self, r: ScaleResults, tag: str) -> str:
+        rows = []
+        for name, panels in r.gallery:
+            images = []
+            for version in ("original", "ours", "global", "deface"):
+                if version not in panels:
+                    continue
+                image = panels[version]
+                h, w = image.shape[:2]
+                panel = cv2.resize(image, (GALLERY_WIDTH, round(h * GALLERY_WIDTH / w)),
+                                   interpolation=cv2.INTER_AREA)
+                cv2.putText(panel, version, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                            (0, 255, 255), 2, cv2.LINE_AA)
+                images.append(panel)
+            height = max(i.shape[0] for i in images)
+            images = [cv2.copyMakeBorder(i, 0, height - i.shape[0], 0, 2, cv2.BORDER_CONSTANT)
+                      for i in images]
+            path = self.out / "gallery" / f"{tag}_{name.replace('@', '_')}.jpg"
+            cv2.imwrite(str(path), np.hstack(images), [cv2.IMWRITE_JPEG_QUALITY, 80])
+            rows.append(f"![{name}]({path.relative_to(self.out).as_posix()})")
+        return ("### Gallery (original | ours | global blur of equal privacy | deface)\n\n"
+                + "\n\n".join(rows) + "\n")
+
+    def _headline(self, ours: Ours, r: ScaleResults) -> str:
+        rec = {v: [r.plates[k].rates()["recognised"] for k in r.plates
+                   if k[:2] == ("plate val", 1.0) and k[3] == v] for v in ("original", "ours")}
+        masked = sum(f.on_output_masked for (g, s), f in r.faces.items() if s == 1.0)
+        misses = sum(len(f.misses) for (g, s), f in r.faces.items() if s == 1.0)
+        faces = sum(f.on_original for (g, s), f in r.faces.items() if s == 1.0)
+
+        def task(scale: float, version: str) -> float:
+            agreement = r.task.get((scale, version))
+            return agreement.miou() if agreement else math.nan
+
+        return (f"| `{ours.model.name}` | {' / '.join(pct(v) for v in rec['original'])} -> "
+                f"{' / '.join(pct(v) for v in rec['ours'])} | {masked} | {misses} of {faces} | "
+                f"{fmt(task(1.0, 'ours'))} -> {fmt(task(0.125, 'ours'))} | "
+                f"{fmt(task(1.0, 'global'))} -> {fmt(task(0.125, 'global'))} |")
+
+    # --- the file --------------------------------------------------------------------------
+
+    def write(self, seconds: float) -> Path:
+        head = (
+            "# Evaluation report\n\n"
+            "Made by `python -m evaluation` (this file, `plots/` and `gallery/` are generated; "
+            "do not edit by hand).\n\n"
+            f"- Command: `{self.info.command}` ({self.info.options})\n"
+            f"- Date: {datetime.date.today().isoformat()}, commit {self.info.commit}, "
+            f"{seconds / 60:.0f} min\n"
+            f"- Machine: {self.info.machine}\n"
+            f"- Attackers: {', '.join(self.info.attackers)}\n"
+            "- Data: `../shared/data` (plate val split with plates.csv, stills, frames sampled "
+            "from the clips, seg val splits)\n\n"
+            "## Headline\n\n"
+            + table(["model", "plates read on plate val: original -> ours (per reader)",
+                     "faces on our output inside our masks (target 0)",
+                     "faces our masks miss (of faces on originals)",
+                     "task mIoU ours: scale 1 -> 1/8", "task mIoU global: 1 -> 1/8"], [])
+            + "\n" + "\n".join(self.headlines) + "\n\n")
+        path = self.out / "REPORT.md"
+        path.write_text(head + "\n\n".join(self.sections) + "\n")
+        return path

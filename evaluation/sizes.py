@@ -1,0 +1,41 @@
+"""Segmentation quality by object size (the multi-scale claim): person and plate recall for
+small / medium / large ground-truth objects on the val splits, without and with tiling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from evaluation.data import SegPair, load_seg
+from evaluation.systems import Ours
+from training.metrics import SIZE_BINS, Tally
+
+IGNORE = 255
+TRUTH_ID = {"person": 1, "license_plate": 2}  # ids in shared/data/seg masks
+SET_OF = {"person": "person", "license_plate": "plate"}
+
+
+def recall_by_size(model: Path, pairs: list[SegPair], *, tiling: bool) -> dict[str, dict]:
+    """{class: {size: (found, objects, pixel recall)}, class/iou: ...} for the classes the
+    model knows, over the val pairs of their set."""
+    ours = Ours(model, tiling=tiling)
+    tallies: dict[str, Tally] = {}
+    for pair in tqdm(pairs, desc=f"sizes{' (tiling)' if tiling else ''}", unit="image"):
+        name = next(c for c, s in SET_OF.items() if s == pair.kind)
+        if name not in ours.classes:
+            continue
+        image, mask = load_seg(pair)
+        pred = ours.labels(image) == ours.manifest.classes[name]
+        valid = mask != IGNORE
+        truth = mask == TRUTH_ID[name]
+        tally = tallies.setdefault(name, Tally())
+        tally.add_iou(name, pred, truth, valid)
+        tally.add_objects(pred & valid, truth)
+    out: dict[str, dict] = {}
+    for name, tally in tallies.items():
+        metrics = tally.metrics()
+        out[name] = {size: (metrics[f"found/{size}"], int(metrics[f"objects/{size}"]),
+                            metrics[f"pixel_recall/{size}"]) for size, _, _ in SIZE_BINS}
+        out[name]["iou"] = metrics[f"iou/{name}"]
+    return out
