@@ -105,7 +105,7 @@ class BlurConfig(FrozenModel):
     sigma_factor: float = Field(10.0, gt=0.0, le=1000.0, description="sigma = sigma_factor x K")
     min_kernel: int = Field(3, ge=1, le=1023, description="smallest kernel (odd)")
     max_kernel: int = Field(255, ge=1, le=1023, description="largest kernel (odd)")
-    mask_dilation: int = Field(3, ge=0, le=64, description="grow masks by this many pixels first")
+    mask_dilation: int = Field(8, ge=0, le=64, description="grow masks by this many pixels first")
     global_kernel: int = Field(255, ge=1, le=1023, description="kernel of the global mode (odd)")
     fail_closed: Literal["blur", "black"] = Field(
         "blur", description="what replaces a frame whose analysis failed"

@@ -20,6 +20,7 @@ from evaluation.privacy import Findings
 from evaluation.report import Report, RunInfo
 from evaluation.scales import run as run_scales
 from evaluation.sizes import recall_by_size
+from evaluation.sweep import sweep
 from evaluation.systems import Ours
 from evaluation.temporal import run_clip
 from evaluation.utility import TaskModel
@@ -63,7 +64,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="frames per clip in the still sets")
     parser.add_argument("--multiscale-plates", type=int, default=24,
                         help="plate val images also run at 1/2, 1/4, 1/8")
-    parser.add_argument("--clip-frames", type=int, default=150,
+    parser.add_argument("--clip-frames", type=int, default=90,
                         help="frames per clip for temporal leaks")
     parser.add_argument("--every", type=int, default=5,
                         help="analysis interval for the bracketed temporal mode")
@@ -112,14 +113,17 @@ def main(argv: list[str] | None = None) -> int:
             log.info("model %s", model)
             ours = Ours(model)
             scales = run_scales(samples, multiscale, ours, attackers, task, deface=deface,
-                                memo=memo, gallery=set(GALLERY))
+                                memo=memo, gallery=set(GALLERY),
+                                tiled=Ours(model, tiling=True))
             temporal = [run_clip(c, ours, attackers, limit=args.clip_frames, every=args.every,
                                  deface=deface, timing_frames=min(30, args.clip_frames),
                                  memo=memo)
                         for c in clips]
             sizes = {tiling: recall_by_size(model, person + plate_pairs, tiling=tiling)
                      for tiling in (False, True)}
-            report.add_model(ours, scales, temporal, sizes)
+            settings = sweep(model, [s for s in samples if s.group != "plate val"], attackers,
+                             memo)
+            report.add_model(ours, scales, temporal, sizes, settings)
     finally:
         attackers.close()
     path = report.write(time.time() - started)

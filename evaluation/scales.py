@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 SCALES = (1.0, 0.5, 0.25, 0.125)
 UTILITY_MARGIN = 8  # pixels the sensitive masks are grown by before measuring fidelity
-VERSIONS = ("original", "ours", "global", "deface")
+VERSIONS = ("original", "ours", "ours+tiles", "global", "deface")
 
 Attack = Callable[[np.ndarray], Findings]
 
@@ -54,13 +54,14 @@ class Case:
     canvas: np.ndarray
     region: tuple[int, int, int, int]
     ours: Anonymized
+    tiled: Anonymized | None = None  # ours with tiling (scale 1 only)
 
 
 @dataclass
 class ScaleResults:
     global_blur: GlobalBlur
     kernels: list[int]
-    faces: dict[tuple[str, float], FaceScore] = field(default_factory=dict)
+    faces: dict[tuple[str, float, str], FaceScore] = field(default_factory=dict)  # +system
     face_counts: dict[tuple[str, float, str], int] = field(default_factory=lambda: defaultdict(int))
     plates: dict[tuple[str, float, str, str], PlateScore] = field(default_factory=dict)
     fidelity: dict[tuple[float, str], list[tuple[float, float]]] = field(
@@ -73,15 +74,16 @@ class ScaleResults:
 
 def run(samples: list[Sample], multiscale: list[Sample], ours: Ours, attack: Attack,
         task: TaskModel, *, deface: Callable[[np.ndarray], np.ndarray] | None,
-        memo: dict, gallery: set[str]) -> ScaleResults:
+        memo: dict, gallery: set[str], tiled: Ours | None = None) -> ScaleResults:
     """Every sample at scale 1, the `multiscale` ones at every scale. `memo` keeps what does not
     depend on the model (the attackers on the originals, deface and its findings) between
-    models."""
+    models. `tiled`: the same model with tiling, as one more version at scale 1."""
     cases = []
     plan = [(s, 1.0) for s in samples] + [(s, k) for s in multiscale for k in SCALES[1:]]
     for sample, scale in tqdm(plan, desc="anonymize", unit="image"):
         canvas, region = on_canvas(sample.load(), scale)
-        cases.append(Case(sample, scale, canvas, region, ours.anonymize(canvas)))
+        cases.append(Case(sample, scale, canvas, region, ours.anonymize(canvas),
+                          tiled.anonymize(canvas) if tiled and scale == 1.0 else None))
     kernels = [k for c in cases if c.scale == 1.0 for k in c.ours.kernels]
     baseline = GlobalBlur.equal_privacy(kernels, ours.blur.sigma_factor)
     log.info("global blur of equal privacy: K=%d sigma=%.0f (largest of %d objects)",
@@ -114,11 +116,18 @@ def _score(case: Case, attack: Attack, task: TaskModel, baseline: GlobalBlur,
 
         versions["deface"], found["deface"] = remember(memo, ("deface", *key), peer)
     results.groups[group] += scale == 1.0
-    faces = results.faces.setdefault((group, scale), FaceScore())
-    known = len(faces.misses)
-    faces.add(sample.name, found["original"].faces, found["ours"].faces, case.ours.mask)
-    for name, box in faces.misses[known:]:
-        results.miss_crops.append((name, _crop(case.canvas, box)))
+    if case.tiled is not None:
+        versions["ours+tiles"] = case.tiled.image
+        found["ours+tiles"] = attack(case.tiled.image)
+    for system, anonymized in (("ours", case.ours), ("ours+tiles", case.tiled)):
+        if anonymized is None:
+            continue
+        faces = results.faces.setdefault((group, scale, system), FaceScore())
+        known = len(faces.misses)
+        faces.add(sample.name, found["original"].faces, found[system].faces, anonymized.mask)
+        if system == "ours":
+            for name, box in faces.misses[known:]:
+                results.miss_crops.append((name, _crop(case.canvas, box)))
     for version, findings in found.items():
         results.face_counts[(group, scale, version)] += len(findings.faces)
         for reader, detections in findings.plates.items():

@@ -34,15 +34,20 @@ class Ours:
     def __init__(self, model: Path, *, tiling: bool = False, threads: int = 0) -> None:
         config = load_config(None)
         self.model = model
+        self.tiling = tiling
         self.manifest = load_manifest(model.with_suffix(".manifest.yaml"))
         self.classes = tuple(c for c in SENSITIVE if c in self.manifest.classes)
         self.class_ids = class_ids(self.manifest, self.classes)
         self.analyzer = OnnxAnalyzer(model, self.manifest, threads=threads,
                                      tiling=TilingConfig(enabled=tiling),
                                      protected=self.class_ids)
-        self.blur: BlurConfig = config.blur
         self.bracket_dilation = config.analysis.bracket_dilation
-        self._anonymizer = CpuAnonymizer(self.class_ids, self.blur)
+        self.use_blur(config.blur)
+
+    def use_blur(self, blur: BlurConfig) -> None:
+        """Blur with other settings (the same analysis)."""
+        self.blur = blur
+        self._anonymizer = CpuAnonymizer(self.class_ids, blur)
 
     def labels(self, image: np.ndarray) -> np.ndarray:
         return self.analyzer.labels(image)

@@ -1,0 +1,47 @@
+"""The two settings that decide how many faces our masks miss, swept on the stills and clip
+frames: `analysis.tiling` (small, distant people) and `blur.mask_dilation` (heads that a coarse
+mask cuts through, leaving half a face sharp). CenterFace is the judge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from evaluation.data import Sample
+from evaluation.privacy import FaceScore, Findings
+from evaluation.scales import Attack, remember
+from evaluation.systems import Ours
+
+DILATIONS = (0, 3, 8, 16)
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    tiling: bool
+    dilation: int
+    faces: FaceScore
+    blurred: float  # share of all pixels our blur owned
+
+
+def sweep(model: Path, samples: list[Sample], attack: Attack, memo: dict) -> list[SweepRow]:
+    rows = []
+    for tiling in (False, True):
+        ours = Ours(model, tiling=tiling)
+        labels = {s.name: ours.labels(s.load()) for s in tqdm(samples, desc="sweep", unit="image")}
+        for dilation in DILATIONS:
+            blur = ours.blur.model_copy(update={"mask_dilation": dilation})
+            ours.use_blur(blur)
+            faces, owned, total = FaceScore(), 0, 0
+            for sample in samples:
+                image = sample.load()
+                original: Findings = remember(memo, ("original", sample.name, 1.0),
+                                              lambda i=image: attack(i))
+                result = ours.anonymize(image, labels[sample.name])
+                faces.add(sample.name, original.faces, attack(result.image).faces, result.mask)
+                owned += int(np.count_nonzero(result.mask))
+                total += result.mask.size
+            rows.append(SweepRow(tiling, dilation, faces, owned / total))
+    return rows
