@@ -101,6 +101,7 @@ class FaceScore:
     on_output_masked: int = 0  # faces found on our output inside our mask (must be 0)
     on_output_unmasked: int = 0  # faces found on our output outside our mask: analyzer misses
     misses: list[tuple[str, tuple[int, int, int, int]]] = field(default_factory=list)
+    found_masked: list[tuple[str, Detection]] = field(default_factory=list)  # the must-be-0s
 
     def add(self, name: str, original: tuple[Detection, ...], output: tuple[Detection, ...],
             mask: np.ndarray) -> None:
@@ -113,6 +114,7 @@ class FaceScore:
         for face in output:
             if inside_fraction(face.box, mask) >= COVERED:
                 self.on_output_masked += 1
+                self.found_masked.append((name, face))
             else:
                 self.on_output_unmasked += 1
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from daemon.analysis.manifest import sha256_file
 from evaluation.data import REPO
-from evaluation.scales import SCALES, VERSIONS, ScaleResults
+from evaluation.scales import MULTI, SCALES, VERSIONS, ScaleResults
 from evaluation.sweep import SweepRow
 from evaluation.systems import Ours
 from evaluation.temporal import MODES, ClipResult, longest_run
@@ -153,16 +153,25 @@ class Report:
                     rows) + "\n")
         if picture:
             text += f"\nEvery miss, cropped from the original: ![misses]({picture})\n"
+        found = self._strip([crop for _, _, crop in r.masked_crops], f"{tag}_found_in_masks")
+        if found:
+            scores = ", ".join(f"{name} {score:.2f}" for name, score, _ in r.masked_crops)
+            text += (f"\nEvery face CenterFace found on our output inside our masks, cropped "
+                     f"from our output (image and detection score: {scores}): "
+                     f"![found in masks]({found})\n")
         return text
 
     def _misses_picture(self, r: ScaleResults, tag: str) -> str:
         """Every face CenterFace found on an original that our masks do not cover."""
-        crops = [crop for name, crop in r.miss_crops]
+        return self._strip([crop for name, crop in r.miss_crops], f"{tag}_face_misses")
+
+    def _strip(self, crops: list[np.ndarray], name: str) -> str:
+        """Crops in rows of ten, as one JPEG; its path relative to the report ("" if none)."""
         if not crops:
             return ""
         blank = np.zeros_like(crops[0])
         rows = [np.hstack((crops[i:i + 10] + [blank] * 10)[:10]) for i in range(0, len(crops), 10)]
-        path = self.out / "gallery" / f"{tag}_face_misses.jpg"
+        path = self.out / "gallery" / f"{name}.jpg"
         cv2.imwrite(str(path), np.vstack(rows), [cv2.IMWRITE_JPEG_QUALITY, 85])
         return path.relative_to(self.out).as_posix()
 
@@ -171,18 +180,18 @@ class Report:
         series: dict[str, list[float]] = {}
         readers = sorted({k[2] for k in r.plates})
         for scale in SCALES:
-            for version in ("ours", "global"):
+            for version in ("ours", "ours+tiles", "global"):
+                if (scale, version) not in r.fidelity:
+                    continue
                 fid = r.fidelity.get((scale, version), [])
                 task = r.task.get((scale, version))
                 miou = task.miou() if task else math.nan
-                faces = sum(n for (g, s, v), n in r.face_counts.items()
-                            if s == scale and v == version)
-                faces0 = sum(n for (g, s, v), n in r.face_counts.items()
-                             if s == scale and v == "original")
+                faces = r.face_counts.get((MULTI, scale, version), 0)
+                faces0 = r.face_counts.get((MULTI, scale, "original"), 0)
                 rec = [r.plates[k].rates()["recognised"] for k in r.plates
-                       if k[1] == scale and k[3] == version and k[0] == "plate val"]
+                       if k[:2] == (MULTI, scale) and k[3] == version]
                 rec0 = [r.plates[k].rates()["recognised"] for k in r.plates
-                        if k[1] == scale and k[3] == "original" and k[0] == "plate val"]
+                        if k[:2] == (MULTI, scale) and k[3] == "original"]
                 rows.append([f"1/{round(1 / scale)}" if scale < 1 else "1", version,
                              fmt(miou), fmt(float(np.nanmean([p for p, _ in fid])), 1)
                              if fid else "n/a",
@@ -195,12 +204,14 @@ class Report:
                                                                   else math.nan)
         plot = self._plot_scales(series, tag)
         return ("### 2. Multi-scale protocol (paper 4.2.1)\n\nEach image of the multi-scale "
-                "set at 1, 1/2, 1/4, 1/8 on a black canvas of its size. *Task mIoU*: the "
+                f"set ({r.multiscale_images} images: the stills and the first plate val images) "
+                "at 1, 1/2, 1/4, 1/8 on a black canvas of its size. *Task mIoU*: the "
                 "reference VOC model's car/bus/bicycle labels on the anonymized image against the "
                 "same on the original (agreement IoU, summed over the set, mean over classes), on "
                 "the image region of the canvas. *PSNR/SSIM*: the image region outside our masks "
                 f"grown by 8 px (99 dB = identical). Faces: CenterFace finds on this version / on "
-                f"the original canvas. Plates read on plate val ({', '.join(readers)}).\n\n"
+                "the original canvas. Plates read: ground-truth plates of the set's plate val "
+                f"images ({', '.join(readers)}).\n\n"
                 + table(["scale", "version", "task mIoU", "PSNR outside masks (dB)",
                          "SSIM outside masks", "faces found", "plates read"], rows)
                 + f"\n\n![privacy and utility against scale]({plot})\n")
@@ -213,7 +224,9 @@ class Report:
 
         labels = ["1", "1/2", "1/4", "1/8"]
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-        for version, style in (("ours", "o-"), ("global", "s--")):
+        for version, style in (("ours", "o-"), ("ours+tiles", "^-"), ("global", "s--")):
+            if f"{version} utility" not in series:
+                continue
             axes[0].plot(labels, series[f"{version} utility"], style, label=version)
             axes[1].plot(labels, series[f"{version} faces"], style, label=version)
         axes[0].set_title("utility: task mIoU vs original")
@@ -329,16 +342,19 @@ class Report:
         rec = {v: [r.plates[k].rates()["recognised"] for k in r.plates
                    if k[:2] == ("plate val", 1.0) and k[3] == v] for v in ("original", "ours")}
         full = [f for (g, s, system), f in r.faces.items() if s == 1.0 and system == "ours"]
+        tiles = [f for (g, s, system), f in r.faces.items() if s == 1.0 and system != "ours"]
         masked = sum(f.on_output_masked for f in full)
         misses = sum(len(f.misses) for f in full)
         faces = sum(f.on_original for f in full)
+        tiled_misses = sum(len(f.misses) for f in tiles)
 
         def task(scale: float, version: str) -> float:
             agreement = r.task.get((scale, version))
             return agreement.miou() if agreement else math.nan
 
         return (f"| `{ours.model.name}` | {' / '.join(pct(v) for v in rec['original'])} -> "
-                f"{' / '.join(pct(v) for v in rec['ours'])} | {masked} | {misses} of {faces} | "
+                f"{' / '.join(pct(v) for v in rec['ours'])} | {masked} | {misses} of {faces} "
+                f"({tiled_misses} with tiling) | "
                 f"{fmt(task(1.0, 'ours'))} -> {fmt(task(0.125, 'ours'))} | "
                 f"{fmt(task(1.0, 'global'))} -> {fmt(task(0.125, 'global'))} |")
 
@@ -359,7 +375,7 @@ class Report:
             "## Headline\n\n"
             + table(["model", "plates read on plate val: original -> ours (per reader)",
                      "faces on our output inside our masks (target 0)",
-                     "faces our masks miss (of faces on originals)",
+                     "faces our masks miss, of faces on originals",
                      "task mIoU ours: scale 1 -> 1/8", "task mIoU global: 1 -> 1/8"], [])
             + "\n" + "\n".join(self.headlines) + "\n\n")
         path = self.out / "REPORT.md"

