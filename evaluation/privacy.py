@@ -119,10 +119,6 @@ class FaceScore:
                 self.on_output_unmasked += 1
 
 
-def count_faces(findings: list[Findings]) -> int:
-    return sum(len(f.faces) for f in findings)
-
-
 def reads(findings: Findings) -> Counter[str]:
     """Every plate string any reader got from one image."""
     return Counter(t for dets in findings.plates.values() for t in readable(dets))

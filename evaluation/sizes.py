@@ -13,7 +13,7 @@ from training.metrics import SIZE_BINS, Tally
 
 IGNORE = 255
 TRUTH_ID = {"person": 1, "license_plate": 2}  # ids in shared/data/seg masks
-SET_OF = {"person": "person", "license_plate": "plate"}
+CLASS_OF_SET = {"person": "person", "plate": "license_plate"}  # seg set -> the class it labels
 
 
 def recall_by_size(model: Path, pairs: list[SegPair], *, tiling: bool) -> dict[str, dict]:
@@ -22,7 +22,7 @@ def recall_by_size(model: Path, pairs: list[SegPair], *, tiling: bool) -> dict[s
     ours = Ours(model, tiling=tiling)
     tallies: dict[str, Tally] = {}
     for pair in tqdm(pairs, desc=f"sizes{' (tiling)' if tiling else ''}", unit="image"):
-        name = next(c for c, s in SET_OF.items() if s == pair.kind)
+        name = CLASS_OF_SET[pair.kind]
         if name not in ours.classes:
             continue
         image, mask = load_seg(pair)

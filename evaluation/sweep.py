@@ -28,15 +28,17 @@ class SweepRow:
 
 def sweep(model: Path, samples: list[Sample], attack: Attack, memo: dict) -> list[SweepRow]:
     rows = []
+    images = {s.name: s.load() for s in samples}
     for tiling in (False, True):
         ours = Ours(model, tiling=tiling)
-        labels = {s.name: ours.labels(s.load()) for s in tqdm(samples, desc="sweep", unit="image")}
+        labels = {s.name: ours.labels(images[s.name])
+                  for s in tqdm(samples, desc="sweep", unit="image")}
         for dilation in DILATIONS:
             blur = ours.blur.model_copy(update={"mask_dilation": dilation})
             ours.use_blur(blur)
             faces, owned, total = FaceScore(), 0, 0
             for sample in samples:
-                image = sample.load()
+                image = images[sample.name]
                 original: Findings = remember(memo, ("original", sample.name, 1.0),
                                               lambda i=image: attack(i))
                 result = ours.anonymize(image, labels[sample.name])

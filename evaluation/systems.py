@@ -54,9 +54,9 @@ class Ours:
 
     def anonymize(self, image: np.ndarray, labels: np.ndarray | None = None) -> Anonymized:
         labels = self.labels(image) if labels is None else labels
-        result = self._anonymizer.anonymize(image, labels)
-        owner = find_objects(labels, self.class_ids, self._anonymizer.params).owner
-        return Anonymized(result.frame, owner >= 0, tuple(o.kernel for o in result.objects))
+        objects = find_objects(labels, self.class_ids, self._anonymizer.params)
+        return Anonymized(self._anonymizer.blur_objects(image, objects), objects.owner >= 0,
+                          tuple(o.kernel for o in objects.objects))
 
     def bracketed(self, image: np.ndarray, before: np.ndarray, after: np.ndarray) -> Anonymized:
         """Frame between two analyses, as the daemon's `bracket` mode blurs it."""

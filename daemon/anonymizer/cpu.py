@@ -9,7 +9,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from daemon.anonymizer.objects import BlurObject, BlurParams, find_objects
+from daemon.anonymizer.objects import BlurObject, BlurParams, ObjectMap, find_objects
 from daemon.anonymizer.oracle import blur_objects_oracle
 from daemon.config import BlurConfig
 from daemon.types import Image, LabelMap, check_image, check_labels
@@ -69,9 +69,13 @@ class CpuAnonymizer:
             k = self.blur.global_kernel
             return AnonymizedFrame(global_blur(frame, k, self.blur.sigma_factor * k), ())
         objects = find_objects(labels, self.class_ids, self.params)
+        return AnonymizedFrame(self.blur_objects(frame, objects), objects.objects)
+
+    def blur_objects(self, frame: Image, objects: ObjectMap) -> Image:
+        """The adaptive blur of already found objects (a copy of `frame` when there are none)."""
         if not objects.objects:
-            return AnonymizedFrame(frame.copy(), ())
-        return AnonymizedFrame(self._blur_objects(frame, objects), objects.objects)
+            return frame.copy()
+        return self._blur_objects(frame, objects)
 
 
 def _fast_blur():
