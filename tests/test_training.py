@@ -20,12 +20,13 @@ def _stride4(n: int) -> int:
     return n
 
 
+@pytest.mark.parametrize("backbone", ["mnv2", "mnv2_050"])
 @pytest.mark.parametrize(("height", "width"), [(97, 131), (513, 513), (65, 33)])
-def test_output_shape_for_odd_sizes(height: int, width: int) -> None:
+def test_output_shape_for_odd_sizes(height: int, width: int, backbone: str) -> None:
     torch = pytest.importorskip("torch")
     from training.model import DeepLabV3Plus
 
-    model = DeepLabV3Plus(num_classes=3).eval()
+    model = DeepLabV3Plus(num_classes=3, backbone=backbone).eval()
     with torch.no_grad():
         x = torch.zeros(1, 3, height, width)
         logits = model(x)
@@ -83,7 +84,7 @@ def test_two_training_steps_lower_the_loss(shared_data: Path) -> None:
 
     torch.manual_seed(0)
     images, masks, kinds = _real_batch(shared_data, crop=96, count=4)
-    model = build_model(TrainConfig(), imagenet=False)
+    model = build_model(TrainConfig(), pretrained=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.007, momentum=0.9)
     device = torch.device("cpu")
 
@@ -99,9 +100,63 @@ def test_two_training_steps_lower_the_loss(shared_data: Path) -> None:
             model(images)
     before = loss_now()
     for _ in range(2):
+        model.train()
         train_step(model, optimizer, images, masks, kinds, None, device)
     after = loss_now()
     assert after < before, (before, after)
+
+
+def test_reference_weights_rebuilt_in_pytorch_match_onnx_runtime(shared_data: Path) -> None:
+    """The ONNX -> PyTorch weight mapping behind `init: reference` reproduces the reference."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import cv2
+    import onnxruntime
+
+    from training.data import to_tensor
+    from training.transfer import REFERENCE, REFERENCE_PERSON, ReferenceDeepLabV3
+
+    image = cv2.imread(str(shared_data / "stills" / "deface_city.jpg"), cv2.IMREAD_COLOR)
+    view = cv2.resize(image, (257, 257), interpolation=cv2.INTER_LINEAR)
+    pixels = (view[:, :, ::-1].astype(np.float32) - 127.5) / 127.5
+    session = onnxruntime.InferenceSession(str(REFERENCE), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"sub_7": pixels.transpose(2, 0, 1)[None].copy()})[0]
+
+    def rebuilt(imagenet_input: bool, x: np.ndarray) -> np.ndarray:
+        model = ReferenceDeepLabV3(imagenet_input=imagenet_input).eval()
+        with torch.no_grad():
+            logits = model(torch.from_numpy(np.ascontiguousarray(x))[None])
+            return torch.nn.functional.interpolate(logits, size=(257, 257), mode="bilinear",
+                                                   align_corners=True).numpy()
+
+    truth = expected.argmax(axis=1)
+    assert (truth == REFERENCE_PERSON).mean() > 0.02  # the image shows people: not vacuous
+    # on its own input the rebuilt model is the reference up to float error
+    exact = rebuilt(False, pixels.transpose(2, 0, 1))
+    assert np.abs(exact - expected).max() < 1e-3
+    # with the normalisation folded into the first conv only the zero padding differs
+    folded = rebuilt(True, to_tensor(view).numpy())
+    assert (folded.argmax(axis=1) == truth).mean() > 0.995
+
+
+def test_reference_init_keeps_folded_norms_frozen(shared_data: Path) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from training.train import TrainConfig, build_model, param_groups, set_train_mode, train_step
+    from training.transfer import frozen_norms
+
+    config = TrainConfig(backbone="mnv2_050", init="reference", pretrained_lr=0.5)
+    model = build_model(config)
+    frozen = frozen_norms(model)
+    before = [norm.running_var.clone() for norm in frozen]
+    decoder_before = model.decoder[0][1].running_mean.clone()
+    optimizer = torch.optim.SGD(param_groups(model, config), lr=0.001)
+    assert sorted(group["lr_factor"] for group in optimizer.param_groups) == [0.5, 1.0]
+    images, masks, kinds = _real_batch(shared_data, crop=65, count=2)
+    set_train_mode(model, config)
+    train_step(model, optimizer, images, masks, kinds, None, torch.device("cpu"))
+    assert all(torch.equal(a, norm.running_var) for a, norm in zip(before, frozen, strict=True))
+    assert not torch.equal(decoder_before, model.decoder[0][1].running_mean)
 
 
 def test_export_then_onnx_runtime_labels_match_pytorch(shared_data: Path, tmp_path: Path) -> None:
@@ -142,7 +197,7 @@ def test_export_then_onnx_runtime_labels_match_pytorch(shared_data: Path, tmp_pa
             align_corners=False)
         reference = logits.argmax(dim=1)[0].numpy().astype(np.uint8)
     assert ours.shape == image.shape[:2]
-    assert np.sort(np.bincount(reference.ravel(), minlength=3))[-2] > 0.01 * reference.size
+    assert np.sort(np.bincount(reference.ravel(), minlength=3))[-2] > 0.005 * reference.size
     agree = float(np.mean(ours == reference))
     assert agree > 0.999, agree
     # training's validation predicts with the same recipe (stretch, bilinear, argmax)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from training.data import CLASSES, INPUT_SIZE, MEAN_RGB, REPO, STD_RGB
-from training.model import DeepLabV3Plus
+from training.model import DeepLabV3Plus, model_from_config
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,7 @@ DEFAULT_NAME = "deeplabv3plus_mnv2_person_plate_513"
 def load_checkpoint(path: Path) -> tuple[DeepLabV3Plus, dict]:
     """The model of a training checkpoint (eval mode) and the checkpoint dict."""
     state = torch.load(path, map_location="cpu", weights_only=False)
-    config = state["config"]
-    model = DeepLabV3Plus(len(CLASSES), config["aspp_channels"], config["decoder_channels"])
+    model = model_from_config(state["config"])
     model.load_state_dict(state["model"])
     return model.eval(), state
 

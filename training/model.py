@@ -11,11 +11,18 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-# torchvision's MobileNetV2 settings: expansion t, channels c, repeats n, first stride s.
-_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-             (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
-LOW_LEVEL_BLOCK = 3  # features[3]: 24 channels at stride 4, the decoder's skip
-OS16_FIRST_DILATED = 14  # features[14..17]: stride 32 -> 16 by dilation 2
+# MobileNetV2 stages: expansion t, repeats n, first stride s (channels come from the width)
+_STAGES = ((1, 1, 1), (6, 2, 2), (6, 3, 2), (6, 4, 2), (6, 3, 1), (6, 3, 2), (6, 1, 1))
+LOW_LEVEL_BLOCK = 3  # features[3]: the stride-4 output, the decoder's skip
+
+# stem channels and each stage's channels, per backbone width
+BACKBONES: dict[str, tuple[int, tuple[int, ...]]] = {
+    # torchvision's mobilenet_v2 (width 1.0): its ImageNet state dict loads
+    "mnv2": (32, (16, 24, 32, 64, 96, 160, 320)),
+    # TF DeepLab's MobileNetV2 at depth multiplier 0.5 (no rounding to 8): the layout of the
+    # reference VOC model, whose weights `training.transfer` loads
+    "mnv2_050": (16, (8, 12, 16, 32, 48, 80, 160)),
+}
 
 
 class ConvBNReLU(nn.Sequential):
@@ -56,25 +63,35 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2Backbone(nn.Module):
-    """torchvision's `mobilenet_v2().features[:18]`, output stride 16 (last stages dilated)."""
+    """`mobilenet_v2().features[:18]` (torchvision's module names) at an output stride of 16 or 8.
 
-    def __init__(self) -> None:
+    Past the output stride, a block's stride becomes 1 and the following blocks are dilated
+    instead (DeepLab's rule: the block that drops its stride keeps the current rate, then the
+    rate is multiplied by that stride).
+    """
+
+    def __init__(self, width: str = "mnv2", output_stride: int = 16) -> None:
         super().__init__()
-        blocks: list[nn.Module] = [ConvBNReLU(3, 32, stride=2)]
-        cin = 32
-        for t, c, n, s in _SETTINGS:
+        if width not in BACKBONES:
+            raise ValueError(f"unknown backbone {width!r}; known: {sorted(BACKBONES)}")
+        if output_stride not in (8, 16):
+            raise ValueError(f"output stride must be 8 or 16, not {output_stride}")
+        stem, channels = BACKBONES[width]
+        blocks: list[nn.Module] = [ConvBNReLU(3, stem, stride=2)]
+        cin, current_stride, rate = stem, 2, 1
+        for (t, n, s), c in zip(_STAGES, channels, strict=True):
             for i in range(n):
-                index = len(blocks)
                 stride = s if i == 0 else 1
-                dilation = 1
-                if index >= OS16_FIRST_DILATED:
-                    # keep the resolution at stride 16, widen the receptive field instead
-                    stride, dilation = 1, 2
+                dilation = rate
+                if current_stride * stride > output_stride:
+                    rate *= stride
+                    stride = 1
+                current_stride *= stride
                 blocks.append(InvertedResidual(cin, c, stride, t, dilation))
                 cin = c
         self.features = nn.Sequential(*blocks)
         self.out_channels = cin
-        self.low_level_channels = 24
+        self.low_level_channels = channels[1]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         low = x
@@ -132,9 +149,10 @@ class DeepLabV3Plus(nn.Module):
     """
 
     def __init__(self, num_classes: int = 3, aspp_channels: int = 256,
-                 decoder_channels: int = 256) -> None:
+                 decoder_channels: int = 256, backbone: str = "mnv2",
+                 output_stride: int = 16) -> None:
         super().__init__()
-        self.backbone = MobileNetV2Backbone()
+        self.backbone = MobileNetV2Backbone(backbone, output_stride)
         self.aspp = ASPP(self.backbone.out_channels, aspp_channels)
         self.reduce = _conv1x1(self.backbone.low_level_channels, 48)
         self.decoder = nn.Sequential(
@@ -152,6 +170,12 @@ class DeepLabV3Plus(nn.Module):
 
     def logits_at_input(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(self(x), size=x.shape[2:], mode="bilinear", align_corners=False)
+
+
+def model_from_config(config: dict) -> DeepLabV3Plus:
+    """The (untrained) model a training config describes; older configs predate `backbone`."""
+    return DeepLabV3Plus(3, config["aspp_channels"], config["decoder_channels"],
+                         config.get("backbone", "mnv2"))
 
 
 def load_imagenet_backbone(model: DeepLabV3Plus, weights: Path | None = None) -> None:

@@ -36,7 +36,10 @@ from training.data import (
     read_split,
     to_tensor,
 )
-from training.model import DeepLabV3Plus, load_imagenet_backbone
+from training.model import DeepLabV3Plus, load_imagenet_backbone, model_from_config
+from training.transfer import REFERENCE_WIDTH, frozen_norms, load_reference
+
+INITS = ("imagenet", "reference")
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +61,53 @@ class TrainConfig:
     plate_weight: float = 1.0  # loss weight of labelled plate pixels
     aspp_channels: int = 256
     decoder_channels: int = 128
+    backbone: str = "mnv2"  # "mnv2" (torchvision, width 1.0) or "mnv2_050" (the reference's)
+    init: str = "imagenet"  # "imagenet" (backbone) or "reference" (backbone + ASPP, mnv2_050)
+    pretrained_lr: float = 1.0  # learning-rate factor of the initialised (pretrained) layers
     seed: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def build_model(config: TrainConfig, imagenet: bool = True) -> DeepLabV3Plus:
-    model = DeepLabV3Plus(len(CLASSES), config.aspp_channels, config.decoder_channels)
-    if imagenet:
+def build_model(config: TrainConfig, pretrained: bool = True) -> DeepLabV3Plus:
+    """The model of `config`, initialised as `config.init` says unless `pretrained` is off."""
+    if config.init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, not {config.init!r}")
+    if config.init == "reference" and config.backbone != REFERENCE_WIDTH:
+        raise ValueError(f"init 'reference' needs backbone {REFERENCE_WIDTH!r}")
+    model = model_from_config(asdict(config))
+    if pretrained and config.init == "imagenet":
         load_imagenet_backbone(model)
+    elif pretrained:
+        load_reference(model)
     return model
+
+
+def pretrained_parameters(model: DeepLabV3Plus, config: TrainConfig) -> set[int]:
+    """ids of the parameters that `config.init` fills (the rest start from scratch)."""
+    modules: list[torch.nn.Module] = [model.backbone]
+    if config.init == "reference":
+        modules += [model.aspp.branches[0], model.aspp.pool, model.aspp.project]
+    return {id(p) for module in modules for p in module.parameters()}
+
+
+def param_groups(model: DeepLabV3Plus, config: TrainConfig) -> list[dict]:
+    """Two SGD groups: pretrained layers (lr x `pretrained_lr`) and new ones (lr x 1)."""
+    pretrained = pretrained_parameters(model, config)
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) in pretrained],
+         "lr_factor": config.pretrained_lr},
+        {"params": [p for p in model.parameters() if id(p) not in pretrained],
+         "lr_factor": 1.0},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def set_train_mode(model: DeepLabV3Plus, config: TrainConfig) -> None:
+    """train() except the batch norms that hold folded reference weights (see transfer.py)."""
+    model.train()
+    if config.init == "reference":
+        for norm in frozen_norms(model):
+            norm.eval()
 
 
 def poly_lr(base: float, step: int, total: int, power: float) -> float:
@@ -77,8 +118,7 @@ def poly_lr(base: float, step: int, total: int, power: float) -> float:
 def train_step(model: DeepLabV3Plus, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                masks: torch.Tensor, kinds: list[str], class_weight: torch.Tensor | None,
                device: torch.device) -> float:
-    """One SGD step on a batch; returns its loss."""
-    model.train()
+    """One SGD step on a batch (the model already in training mode); returns its loss."""
     allowed = allowed_classes(masks, kinds).to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = model(images.to(device))
@@ -160,9 +200,9 @@ def run(config: TrainConfig, out: Path, resume: bool, device: torch.device,
     total = config.steps or per_epoch * config.epochs
 
     torch.manual_seed(config.seed)
-    model = build_model(config, imagenet=not resume).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    model = build_model(config, pretrained=not resume).to(device)
+    optimizer = torch.optim.SGD(param_groups(model, config), lr=config.lr,
+                                momentum=config.momentum, weight_decay=config.weight_decay)
     step, best = 0, -1.0
     if resume:
         state = torch.load(out / "last.pt", map_location=device, weights_only=False)
@@ -194,11 +234,12 @@ def run(config: TrainConfig, out: Path, resume: bool, device: torch.device,
                    initial=offset, total=end, dynamic_ncols=True)
         for images, masks, kinds in bar:
             for group in optimizer.param_groups:
-                group["lr"] = poly_lr(config.lr, step, total, config.power)
+                group["lr"] = poly_lr(config.lr, step, total, config.power) * group["lr_factor"]
+            set_train_mode(model, config)
             loss = train_step(model, optimizer, images, masks, kinds, class_weight, device)
             losses.append(loss)
             step += 1
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.5f}")
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{optimizer.param_groups[-1]['lr']:.5f}")
             if step % checkpoint_every == 0:
                 save(out / "last.pt", model, optimizer, config, step, best, per_epoch=per_epoch)
         bar.close()

@@ -1,0 +1,153 @@
+"""Start our DeepLabv3+ from the reference VOC model's weights (`init: reference`).
+
+The reference (`engines/deeplabv3_mnv2_voc_257.onnx`, Google's TF-Lite DeepLabv3, Apache-2.0)
+is a MobileNetV2 at depth multiplier 0.5 with an ASPP of a 1x1 branch and image pooling,
+trained on PASCAL VOC: it already finds people (val person IoU 0.80). Its ONNX holds every
+convolution with its batch norm folded in, in graph order, so they map one to one onto
+`MobileNetV2Backbone("mnv2_050")` and onto our ASPP's 1x1 branch, image pooling and projection:
+
+- each conv gets the folded weight; its BatchNorm becomes the identity plus the folded bias
+  (running mean 0, variance 1 - eps, weight 1), kept frozen in training (`frozen_norms`);
+- the reference normalises pixels to [-1, 1], ours with ImageNet's mean/std: the first conv
+  absorbs the difference (exact except in the 1-pixel zero padding of the border);
+- our projection's columns of the atrous branches start at zero, so at step 0 our ASPP
+  computes exactly the reference's; the decoder and classifier start from scratch.
+
+`reference_deeplabv3` rebuilds the whole reference in PyTorch (output stride 8, its logits)
+so a test can check the mapping against ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.data import MEAN_RGB, REPO, STD_RGB
+from training.model import ASPP, DeepLabV3Plus, MobileNetV2Backbone
+
+log = logging.getLogger(__name__)
+
+REFERENCE = REPO / "engines" / "deeplabv3_mnv2_voc_257.onnx"
+REFERENCE_WIDTH = "mnv2_050"
+REFERENCE_CLASSES = 21
+REFERENCE_PERSON = 15
+_PIXEL_CENTRE, _PIXEL_SCALE = 127.5, 127.5  # the reference's x = (pixel - 127.5) / 127.5
+
+
+def _reference_convs(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(node name, weight, bias) of every Conv in the reference ONNX, in graph order."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    tensors = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    convs = []
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            weight, bias = (tensors[name] for name in node.input[1:3])
+            convs.append((node.name, weight.astype(np.float32), bias.astype(np.float32)))
+    return convs
+
+
+def _backbone_pairs(backbone: MobileNetV2Backbone) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+    """Every (conv, BN) of the backbone in forward order."""
+    modules = list(backbone.modules())
+    return [(conv, norm) for conv, norm in itertools.pairwise(modules)
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d)]
+
+
+def _load_folded(conv: nn.Conv2d, norm: nn.BatchNorm2d, weight: np.ndarray, bias: np.ndarray,
+                 name: str) -> None:
+    if tuple(conv.weight.shape) != weight.shape:
+        raise ValueError(f"reference conv {name} is {weight.shape}, ours "
+                         f"{tuple(conv.weight.shape)}: not the {REFERENCE_WIDTH} layout")
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(weight))
+        norm.weight.fill_(1.0)
+        norm.bias.copy_(torch.from_numpy(bias))
+        norm.running_mean.zero_()
+        norm.running_var.fill_(1.0 - norm.eps)  # (x - 0) / sqrt(1 - eps + eps) = x
+
+
+def _absorb_normalisation(weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First conv for ImageNet-normalised input computing what it did on [-1, 1] input."""
+    mean, std = np.asarray(MEAN_RGB, np.float32), np.asarray(STD_RGB, np.float32)
+    scale = std / _PIXEL_SCALE  # x_ref = x * scale + shift, per RGB channel
+    shift = (mean - _PIXEL_CENTRE) / _PIXEL_SCALE
+    new_weight = weight * scale[None, :, None, None]
+    new_bias = bias + (weight * shift[None, :, None, None]).sum(axis=(1, 2, 3))
+    return new_weight.astype(np.float32), new_bias.astype(np.float32)
+
+
+def _load_backbone_and_aspp(backbone: MobileNetV2Backbone, aspp: ASPP, path: Path,
+                            imagenet_input: bool = True
+                            ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Load the reference's backbone and ASPP; returns the convs left (the logits layer).
+
+    `imagenet_input`: the first conv takes ImageNet-normalised pixels (ours), else [-1, 1].
+    """
+    convs = _reference_convs(path)
+    pairs = _backbone_pairs(backbone)
+    if len(convs) != len(pairs) + 4:
+        raise ValueError(f"{path}: {len(convs)} convolutions, expected {len(pairs) + 4} "
+                         "(backbone, image pooling, 1x1 branch, projection, logits)")
+    for index, ((conv, norm), (name, weight, bias)) in enumerate(zip(pairs, convs, strict=False)):
+        if index == 0 and imagenet_input:
+            weight, bias = _absorb_normalisation(weight, bias)
+        _load_folded(conv, norm, weight, bias, name)
+    pool, branch, project, logits = convs[len(pairs):]
+    _load_folded(aspp.pool[0], aspp.pool[1], *pool[1:], pool[0])
+    _load_folded(aspp.branches[0][0], aspp.branches[0][1], *branch[1:], branch[0])
+    channels = branch[1].shape[0]
+    ours = aspp.project[0][0].weight
+    if ours.shape[0] != channels or project[1].shape != (channels, 2 * channels, 1, 1):
+        raise ValueError(f"{path}: ASPP of {channels} channels, ours has {ours.shape[0]}")
+    # reference concat: [image pooling, 1x1 branch]; ours: [1x1, atrous..., image pooling]
+    weight = np.zeros(tuple(ours.shape), np.float32)
+    weight[:, :channels] = project[1][:, channels:]
+    weight[:, -channels:] = project[1][:, :channels]
+    _load_folded(aspp.project[0][0], aspp.project[0][1], weight, project[2], project[0])
+    return [logits]
+
+
+def frozen_norms(model: DeepLabV3Plus) -> list[nn.BatchNorm2d]:
+    """The batch norms that hold folded reference weights: they stay in eval mode in training.
+
+    Their statistics are the identity by construction; batch statistics would undo the folding.
+    """
+    aspp = model.aspp
+    norms = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    return [*norms, aspp.branches[0][1], aspp.pool[1], aspp.project[0][1]]
+
+
+def load_reference(model: DeepLabV3Plus, path: Path = REFERENCE) -> None:
+    """Initialise `model` (built with backbone 'mnv2_050') from the reference ONNX."""
+    _load_backbone_and_aspp(model.backbone, model.aspp, path)
+    log.info("backbone and ASPP initialised from the reference model %s", path)
+
+
+class ReferenceDeepLabV3(nn.Module):
+    """The reference model rebuilt in PyTorch: backbone at output stride 8, ASPP, 21 logits.
+
+    `imagenet_input=False` keeps the reference's own [-1, 1] input (bit-for-bit its function).
+    """
+
+    def __init__(self, path: Path = REFERENCE, imagenet_input: bool = True) -> None:
+        super().__init__()
+        self.backbone = MobileNetV2Backbone(REFERENCE_WIDTH, output_stride=8)
+        self.aspp = ASPP(self.backbone.out_channels, 256)
+        self.logits = nn.Conv2d(256, REFERENCE_CLASSES, 1)
+        (_, weight, bias), = _load_backbone_and_aspp(self.backbone, self.aspp, path,
+                                                        imagenet_input)
+        with torch.no_grad():
+            self.logits.weight.copy_(torch.from_numpy(weight))
+            self.logits.bias.copy_(torch.from_numpy(bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, high = self.backbone(x)
+        return self.logits(self.aspp(high))
