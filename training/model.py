@@ -146,11 +146,14 @@ class DeepLabV3Plus(nn.Module):
 
     forward() returns logits at stride 4 (`ceil((H - 1) / 4) + 1` for the 513-style sizes);
     `logits_at_input` upsamples them bilinearly (half-pixel centres, as the daemon does).
+    `encoder_logits` adds DeepLabv3's own classifier on the ASPP output, upsampled to stride 4,
+    to the decoder's logits: the decoder then refines a DeepLabv3 prediction, which lets a
+    model start exactly from a trained DeepLabv3 (`training.transfer`) with a zero decoder.
     """
 
     def __init__(self, num_classes: int = 3, aspp_channels: int = 256,
                  decoder_channels: int = 256, backbone: str = "mnv2",
-                 output_stride: int = 16) -> None:
+                 output_stride: int = 16, encoder_logits: bool = False) -> None:
         super().__init__()
         self.backbone = MobileNetV2Backbone(backbone, output_stride)
         self.aspp = ASPP(self.backbone.out_channels, aspp_channels)
@@ -160,13 +163,20 @@ class DeepLabV3Plus(nn.Module):
             SeparableConv(decoder_channels, decoder_channels),
         )
         self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
+        self.encoder_classifier = (nn.Conv2d(aspp_channels, num_classes, 1) if encoder_logits
+                                   else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         low, high = self.backbone(x)
         high = self.aspp(high)
+        coarse = None if self.encoder_classifier is None else self.encoder_classifier(high)
         high = F.interpolate(high, size=low.shape[2:], mode="bilinear", align_corners=False)
         fused = torch.cat([high, self.reduce(low)], dim=1)
-        return self.classifier(self.decoder(fused))
+        logits = self.classifier(self.decoder(fused))
+        if coarse is not None:
+            logits = logits + F.interpolate(coarse, size=low.shape[2:], mode="bilinear",
+                                            align_corners=False)
+        return logits
 
     def logits_at_input(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(self(x), size=x.shape[2:], mode="bilinear", align_corners=False)
@@ -175,7 +185,8 @@ class DeepLabV3Plus(nn.Module):
 def model_from_config(config: dict) -> DeepLabV3Plus:
     """The (untrained) model a training config describes; older configs predate `backbone`."""
     return DeepLabV3Plus(3, config["aspp_channels"], config["decoder_channels"],
-                         config.get("backbone", "mnv2"))
+                         config.get("backbone", "mnv2"), config.get("output_stride", 16),
+                         config.get("encoder_logits", False))
 
 
 def load_imagenet_backbone(model: DeepLabV3Plus, weights: Path | None = None) -> None:

@@ -63,6 +63,7 @@ class TrainConfig:
     decoder_channels: int = 128
     backbone: str = "mnv2"  # "mnv2" (torchvision, width 1.0) or "mnv2_050" (the reference's)
     init: str = "imagenet"  # "imagenet" (backbone) or "reference" (backbone + ASPP, mnv2_050)
+    encoder_logits: bool = False  # DeepLabv3's classifier added to the decoder's (reference)
     pretrained_lr: float = 1.0  # learning-rate factor of the initialised (pretrained) layers
     seed: int = 0
     extra: dict[str, str] = field(default_factory=dict)
@@ -72,8 +73,10 @@ def build_model(config: TrainConfig, pretrained: bool = True) -> DeepLabV3Plus:
     """The model of `config`, initialised as `config.init` says unless `pretrained` is off."""
     if config.init not in INITS:
         raise ValueError(f"init must be one of {INITS}, not {config.init!r}")
-    if config.init == "reference" and config.backbone != REFERENCE_WIDTH:
-        raise ValueError(f"init 'reference' needs backbone {REFERENCE_WIDTH!r}")
+    if config.init == "reference" and (config.backbone != REFERENCE_WIDTH
+                                       or not config.encoder_logits):
+        raise ValueError(f"init 'reference' needs backbone {REFERENCE_WIDTH!r} and "
+                         "encoder_logits")
     model = model_from_config(asdict(config))
     if pretrained and config.init == "imagenet":
         load_imagenet_backbone(model)
@@ -86,7 +89,8 @@ def pretrained_parameters(model: DeepLabV3Plus, config: TrainConfig) -> set[int]
     """ids of the parameters that `config.init` fills (the rest start from scratch)."""
     modules: list[torch.nn.Module] = [model.backbone]
     if config.init == "reference":
-        modules += [model.aspp.branches[0], model.aspp.pool, model.aspp.project]
+        modules += [model.aspp.branches[0], model.aspp.pool, model.aspp.project,
+                    model.encoder_classifier]
     return {id(p) for module in modules for p in module.parameters()}
 
 
@@ -267,6 +271,14 @@ def _metric_keys(val: list[Sample]) -> list[str]:
              *[f"license_plate/{s}" for s in plate]])
 
 
+def _yes_no(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
 def main(argv: list[str] | None = None) -> None:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -284,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --resume: new total steps of the poly schedule")
     for name, value in asdict(defaults).items():
         if name != "extra":
-            parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+            kind = _yes_no if isinstance(value, bool) else type(value)
+            parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cv2.setNumThreads(1)

@@ -36,6 +36,7 @@ REFERENCE = REPO / "engines" / "deeplabv3_mnv2_voc_257.onnx"
 REFERENCE_WIDTH = "mnv2_050"
 REFERENCE_CLASSES = 21
 REFERENCE_PERSON = 15
+PLATE_START_BIAS = -5.0  # the new class starts unlikely everywhere
 _PIXEL_CENTRE, _PIXEL_SCALE = 127.5, 127.5  # the reference's x = (pixel - 127.5) / 127.5
 
 
@@ -126,20 +127,36 @@ def frozen_norms(model: DeepLabV3Plus) -> list[nn.BatchNorm2d]:
 
 
 def load_reference(model: DeepLabV3Plus, path: Path = REFERENCE) -> None:
-    """Initialise `model` (built with backbone 'mnv2_050') from the reference ONNX."""
-    _load_backbone_and_aspp(model.backbone, model.aspp, path)
-    log.info("backbone and ASPP initialised from the reference model %s", path)
+    """Initialise `model` (backbone 'mnv2_050', `encoder_logits`) from the reference ONNX.
+
+    The encoder classifier gets the reference's background and person rows (license_plate:
+    zero weights, a low bias) and the decoder's classifier starts at zero, so the untrained
+    model labels people as the reference does at this output stride.
+    """
+    if model.encoder_classifier is None:
+        raise ValueError("init 'reference' needs a model built with encoder_logits")
+    (_, weight, bias), = _load_backbone_and_aspp(model.backbone, model.aspp, path)
+    rows = [0, REFERENCE_PERSON]  # background, person; CLASSES order
+    with torch.no_grad():
+        model.encoder_classifier.weight.zero_()
+        model.encoder_classifier.weight[: len(rows)] = torch.from_numpy(weight[rows])
+        model.encoder_classifier.bias.copy_(torch.tensor([*bias[rows], PLATE_START_BIAS]))
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+    log.info("backbone, ASPP and encoder classifier initialised from the reference model %s",
+             path)
 
 
 class ReferenceDeepLabV3(nn.Module):
-    """The reference model rebuilt in PyTorch: backbone at output stride 8, ASPP, 21 logits.
+    """The reference model rebuilt in PyTorch: backbone (output stride 8, its own), ASPP, logits.
 
     `imagenet_input=False` keeps the reference's own [-1, 1] input (bit-for-bit its function).
     """
 
-    def __init__(self, path: Path = REFERENCE, imagenet_input: bool = True) -> None:
+    def __init__(self, path: Path = REFERENCE, imagenet_input: bool = True,
+                 output_stride: int = 8) -> None:
         super().__init__()
-        self.backbone = MobileNetV2Backbone(REFERENCE_WIDTH, output_stride=8)
+        self.backbone = MobileNetV2Backbone(REFERENCE_WIDTH, output_stride)
         self.aspp = ASPP(self.backbone.out_channels, 256)
         self.logits = nn.Conv2d(256, REFERENCE_CLASSES, 1)
         (_, weight, bias), = _load_backbone_and_aspp(self.backbone, self.aspp, path,
