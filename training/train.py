@@ -37,9 +37,10 @@ from training.data import (
     to_tensor,
 )
 from training.model import DeepLabV3Plus, load_imagenet_backbone, model_from_config
-from training.transfer import REFERENCE_WIDTH, frozen_norms, load_reference
+from training.transfer import REFERENCE_WIDTH, calibrate_norms, load_reference
 
 INITS = ("imagenet", "reference")
+CALIBRATION_IMAGES = 32  # training crops that give the reference's folded BNs their statistics
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class TrainConfig:
     init: str = "imagenet"  # "imagenet" (backbone) or "reference" (backbone + ASPP, mnv2_050)
     encoder_logits: bool = False  # DeepLabv3's classifier added to the decoder's (reference)
     pretrained_lr: float = 1.0  # learning-rate factor of the initialised (pretrained) layers
+    warmup_steps: int = 0  # the pretrained layers' factor ramps up linearly over these steps
     seed: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -94,6 +96,17 @@ def pretrained_parameters(model: DeepLabV3Plus, config: TrainConfig) -> set[int]
     return {id(p) for module in modules for p in module.parameters()}
 
 
+def group_factor(group: dict, step: int, warmup_steps: int) -> float:
+    """A group's learning-rate factor at `step`: pretrained layers warm up, new ones do not.
+
+    While the decoder still starts from zero its gradients are noise that full-rate SGD would
+    write into the pretrained layers (the reference's person IoU fell 0.83 -> 0.45 in 30 steps).
+    """
+    if group["lr_factor"] == 1.0 or step >= warmup_steps:
+        return group["lr_factor"]
+    return group["lr_factor"] * step / warmup_steps
+
+
 def param_groups(model: DeepLabV3Plus, config: TrainConfig) -> list[dict]:
     """Two SGD groups: pretrained layers (lr x `pretrained_lr`) and new ones (lr x 1)."""
     pretrained = pretrained_parameters(model, config)
@@ -106,14 +119,6 @@ def param_groups(model: DeepLabV3Plus, config: TrainConfig) -> list[dict]:
     return [group for group in groups if group["params"]]
 
 
-def set_train_mode(model: DeepLabV3Plus, config: TrainConfig) -> None:
-    """train() except the batch norms that hold folded reference weights (see transfer.py)."""
-    model.train()
-    if config.init == "reference":
-        for norm in frozen_norms(model):
-            norm.eval()
-
-
 def poly_lr(base: float, step: int, total: int, power: float) -> float:
     """DeepLab's "poly" policy: base * (1 - step / total) ** power."""
     return base * (1.0 - min(step, total) / total) ** power
@@ -122,7 +127,8 @@ def poly_lr(base: float, step: int, total: int, power: float) -> float:
 def train_step(model: DeepLabV3Plus, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                masks: torch.Tensor, kinds: list[str], class_weight: torch.Tensor | None,
                device: torch.device) -> float:
-    """One SGD step on a batch (the model already in training mode); returns its loss."""
+    """One SGD step on a batch; returns its loss."""
+    model.train()
     allowed = allowed_classes(masks, kinds).to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = model(images.to(device))
@@ -205,6 +211,11 @@ def run(config: TrainConfig, out: Path, resume: bool, device: torch.device,
 
     torch.manual_seed(config.seed)
     model = build_model(config, pretrained=not resume).to(device)
+    if config.init == "reference" and not resume:
+        spread = np.linspace(0, len(pool) - 1, CALIBRATION_IMAGES).astype(int)
+        images = torch.stack([dataset[int(i)][0] for i in spread])
+        calibrate_norms(model, images.to(device))
+        log.info("folded batch norms calibrated on %d training crops", len(images))
     optimizer = torch.optim.SGD(param_groups(model, config), lr=config.lr,
                                 momentum=config.momentum, weight_decay=config.weight_decay)
     step, best = 0, -1.0
@@ -238,8 +249,8 @@ def run(config: TrainConfig, out: Path, resume: bool, device: torch.device,
                    initial=offset, total=end, dynamic_ncols=True)
         for images, masks, kinds in bar:
             for group in optimizer.param_groups:
-                group["lr"] = poly_lr(config.lr, step, total, config.power) * group["lr_factor"]
-            set_train_mode(model, config)
+                group["lr"] = (poly_lr(config.lr, step, total, config.power)
+                               * group_factor(group, step, config.warmup_steps))
             loss = train_step(model, optimizer, images, masks, kinds, class_weight, device)
             losses.append(loss)
             step += 1

@@ -7,7 +7,8 @@ convolution with its batch norm folded in, in graph order, so they map one to on
 `MobileNetV2Backbone("mnv2_050")` and onto our ASPP's 1x1 branch, image pooling and projection:
 
 - each conv gets the folded weight; its BatchNorm becomes the identity plus the folded bias
-  (running mean 0, variance 1 - eps, weight 1), kept frozen in training (`frozen_norms`);
+  (running mean 0, variance 1 - eps, weight 1), then `calibrate_norms` gives it the statistics
+  of real data without changing its function, so it trains as a normal batch norm;
 - the reference normalises pixels to [-1, 1], ours with ImageNet's mean/std: the first conv
   absorbs the difference (exact except in the 1-pixel zero padding of the border);
 - our projection's columns of the atrous branches start at zero, so at step 0 our ASPP
@@ -116,14 +117,47 @@ def _load_backbone_and_aspp(backbone: MobileNetV2Backbone, aspp: ASPP, path: Pat
     return [logits]
 
 
-def frozen_norms(model: DeepLabV3Plus) -> list[nn.BatchNorm2d]:
-    """The batch norms that hold folded reference weights: they stay in eval mode in training.
-
-    Their statistics are the identity by construction; batch statistics would undo the folding.
-    """
+def folded_norms(model: DeepLabV3Plus) -> list[nn.BatchNorm2d]:
+    """The batch norms that `load_reference` fills with folded reference weights."""
     aspp = model.aspp
     norms = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
     return [*norms, aspp.branches[0][1], aspp.pool[1], aspp.project[0][1]]
+
+
+@torch.no_grad()
+def calibrate_norms(model: DeepLabV3Plus, images: torch.Tensor) -> None:
+    """Give the folded batch norms real statistics without changing what the model computes.
+
+    A folded BN is the identity plus a bias, so in training mode (batch statistics) it would
+    normalise activations the reference never normalised, and SGD on a net without working
+    normalisation diverged here within 30 steps. For each folded BN this measures the mean m and
+    variance v of its input on `images` (the model in eval mode computes the reference exactly),
+    then sets running stats (m, v), weight sqrt(v + eps) and bias m + b: in eval mode the layer
+    still computes x + b exactly; in training mode the batch statistics of a similar batch
+    give about the same, and the gradients are those of a normalised network again.
+    """
+    norms = folded_norms(model)
+    stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0].transpose(0, 1).flatten(1)
+        stats[id(module)] = (x.mean(dim=1), x.var(dim=1, unbiased=False))
+
+    hooks = [norm.register_forward_pre_hook(record) for norm in norms]
+    was_training = model.training
+    model.eval()
+    try:
+        model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    for norm in norms:
+        mean, var = stats[id(norm)]
+        norm.bias.add_(mean)
+        norm.weight.copy_(torch.sqrt(var + norm.eps))
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_(var)
 
 
 def load_reference(model: DeepLabV3Plus, path: Path = REFERENCE) -> None:
