@@ -23,7 +23,7 @@ from evaluation.sizes import recall_by_size
 from evaluation.sweep import sweep
 from evaluation.systems import Ours
 from evaluation.temporal import run_clip
-from evaluation.utility import TaskModel
+from evaluation.utility import VOC_MODEL, TaskModel
 
 log = logging.getLogger("evaluation")
 
@@ -56,7 +56,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="where REPORT.md, plots/ and gallery/ go")
     parser.add_argument("--models", type=Path, nargs="+", default=None,
                         help="ONNX models with manifests (default: the config's default model,"
-                        " then the project's own person+plate model)")
+                        " then the project's own person+plate model and the reference VOC"
+                        " model, each once)")
     parser.add_argument("--quick", action="store_true",
                         help="a few images, frames and scales (CI smoke test)")
     parser.add_argument("--plate-images", type=int, default=0, help="plate val images (0: all)")
@@ -73,12 +74,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def default_models(default: Path) -> list[Path]:
+    """The config's default model first, then ours and the reference VOC model, once each."""
+    wanted = dict.fromkeys([default, OWN_MODEL, VOC_MODEL])
+    return [path for path in wanted if path.exists()]
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse(argv)
     started = time.time()
-    models = args.models or [load_config(None).model.path] + ([OWN_MODEL] if OWN_MODEL.exists()
-                                                              else [])
+    models = args.models or default_models(load_config(None).model.path)
     if args.quick:
         args.plate_images, args.clip_samples, args.multiscale_plates = 2, 1, 1
         args.clip_frames, args.every = 6, 3
