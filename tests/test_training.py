@@ -56,25 +56,30 @@ def _real_batch(shared_data: Path, crop: int, count: int):
 
 def test_partial_labels_never_call_the_other_class_background() -> None:
     torch = pytest.importorskip("torch")
-    from training.data import MAYBE_PERSON, allowed_classes, partial_label_loss
+    from training.data import MAYBE_PERSON, MAYBE_PLATE, allowed_classes, partial_label_loss
 
-    mask = torch.tensor([[[0, 1, 255, 0]], [[0, 2, 255, MAYBE_PERSON]]], dtype=torch.uint8)
+    mask = torch.tensor([[[MAYBE_PLATE, 1, 255, 0]], [[0, 2, 255, MAYBE_PERSON]]],
+                        dtype=torch.uint8)
     allowed = allowed_classes(mask, ["person", "plate"])
-    # person image: background may be an unlabelled plate
+    # person image: background near a vehicle may be an unlabelled plate, elsewhere not
     assert allowed[0, :, 0, 0].tolist() == [True, False, True]
+    assert allowed[0, :, 0, 3].tolist() == [True, False, False]
     assert allowed[0, :, 0, 1].tolist() == [False, True, False]
     # plate image: background is background, unless the teacher saw a person there
     assert allowed[1, :, 0, 0].tolist() == [True, False, False]
     assert allowed[1, :, 0, 1].tolist() == [False, False, True]
     assert allowed[1, :, 0, 3].tolist() == [True, True, False]
     assert not allowed[:, :, 0, 2].any()
-    # a confident plate on a person image's background costs nothing; a person there does
+    # a confident plate near a vehicle on a person image costs nothing; a person there does,
+    # and so does a plate away from any vehicle
     plate_logits = torch.tensor([-9.0, -9.0, 9.0]).view(1, 3, 1, 1).expand(1, 3, 1, 3)
     person_logits = torch.tensor([-9.0, 9.0, -9.0]).view(1, 3, 1, 1).expand(1, 3, 1, 3)
-    background = torch.tensor([[[0, 255, 255]]], dtype=torch.uint8)
-    on_person = allowed_classes(background, ["person"])
+    near_vehicle = torch.tensor([[[MAYBE_PLATE, 255, 255]]], dtype=torch.uint8)
+    on_person = allowed_classes(near_vehicle, ["person"])
     assert partial_label_loss(plate_logits, on_person) < 1e-3
     assert partial_label_loss(person_logits, on_person) > 10.0
+    away = allowed_classes(torch.tensor([[[0, 255, 255]]], dtype=torch.uint8), ["person"])
+    assert partial_label_loss(plate_logits, away) > 10.0
 
 
 def test_two_training_steps_lower_the_loss(shared_data: Path) -> None:

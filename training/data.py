@@ -29,6 +29,8 @@ CLASSES = ("background", "person", "license_plate")
 IGNORE = 255
 # background on a plate image where the reference model sees a person: "background or person"
 MAYBE_PERSON = 254
+# background on a person image where the reference model sees a vehicle: "background or plate"
+MAYBE_PLATE = 253
 INPUT_SIZE = 513  # the daemon stretches every frame to 513 x 513 (the manifest's input)
 # torchvision's ImageNet normalisation (the backbone's), RGB order
 MEAN_RGB = (123.675, 116.28, 103.53)
@@ -177,51 +179,60 @@ def to_tensor(image: NDArray[np.uint8]) -> torch.Tensor:
 def allowed_classes(mask: torch.Tensor, kinds: list[str]) -> torch.Tensor:
     """B x 3 x H x W bool: the classes each pixel may be, given its set's partial labels.
 
-    Labelled class -> only it; background on a person image -> background or plate (CamVid's
-    cars carry unlabelled plates); background on a plate image -> background, or background or
-    person where the reference model sees a person there (MAYBE_PERSON, `teacher_hints`): left
-    free everywhere, "person" became the model's answer for any plate-image background; ignore
-    (255) -> no class (pixel not scored).
+    Labelled class -> only it; background on a person image -> background, or background or
+    plate where the reference model sees a vehicle (MAYBE_PLATE: CamVid's cars carry
+    unlabelled plates; left free everywhere, "plate" became a free answer for any person-image
+    background and the model over-masked small content); background on a plate image ->
+    background, or background or person where the reference model sees a person (MAYBE_PERSON;
+    left free, "person" became the model's answer for any plate-image background). Both hints
+    come from `teacher_hints`. Ignore (255) -> no class (pixel not scored).
     """
     allowed = torch.zeros((mask.shape[0], len(CLASSES), *mask.shape[1:]), dtype=torch.bool)
     for b, kind in enumerate(kinds):
         m = mask[b]
         for class_id in (1, 2):
             allowed[b, class_id] = m == class_id
-        background = m == 0
-        maybe_person = m == MAYBE_PERSON
-        allowed[b, 0] = background | maybe_person
+        allowed[b, 0] = (m == 0) | (m == MAYBE_PERSON) | (m == MAYBE_PLATE)
         if LABELLED[kind] == 1:
-            allowed[b, 2] |= background
+            allowed[b, 2] |= m == MAYBE_PLATE
         else:
-            allowed[b, 1] |= maybe_person
+            allowed[b, 1] |= m == MAYBE_PERSON
     return allowed
 
 
 def hint_path(sample: Sample) -> Path:
-    """Where the teacher's person hint of a plate image lives (next to its mask)."""
+    """Where the teacher's hint of an image lives (next to its mask)."""
     return Path(str(sample.mask).replace("/masks/", "/hints/", 1))
 
 
-def teacher_hints(root: Path, reference: Path, dilate: int = 15) -> int:
-    """For every plate image under `root`: PNG of where the reference VOC model sees a person.
+# the reference's VOC classes that carry licence plates: bicycle, bus, car, motorbike, train
+VEHICLES = ("bicycle", "bus", "car", "motorbike", "train")
+# per set: the VOC classes its hint marks (where the other, unlabelled class may hide)
+HINT_CLASSES = {"plate": ("person",), "person": VEHICLES}
+# per set: the mask value a hinted background pixel gets
+HINT_VALUE = {"plate": MAYBE_PERSON, "person": MAYBE_PLATE}
 
-    Dilated by `dilate` px (the hint only frees pixels, so erring large is the safe side).
+
+def teacher_hints(root: Path, reference: Path, dilate: int = 15) -> int:
+    """For every image under `root`: PNG of where the reference VOC model sees the other class.
+
+    Plate images: a person; person images: a vehicle (where a plate may be). Dilated by
+    `dilate` px (a hint only frees pixels, so erring large is the safe side). Returns how many
+    images have a non-empty hint.
     """
     from daemon.analysis.manifest import load_manifest
     from daemon.analysis.onnx_backend import OnnxAnalyzer
 
     manifest = load_manifest(reference.with_suffix(".manifest.yaml"))
     analyzer = OnnxAnalyzer(reference, manifest)
-    person = manifest.classes["person"]
+    ids = {kind: [manifest.classes[name] for name in names] for kind, names in HINT_CLASSES.items()}
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (dilate, dilate))
     count = 0
     for split in ("train", "val"):
         for sample in read_split(root, split):
-            if sample.kind != "plate":
-                continue
             image, _ = load_pair(sample)
-            hint = cv2.dilate((analyzer.labels(image) == person).astype(np.uint8), kernel)
+            seen = np.isin(analyzer.labels(image), ids[sample.kind]).astype(np.uint8)
+            hint = cv2.dilate(seen, kernel)
             path = hint_path(sample)
             path.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(path), hint * 255, [cv2.IMWRITE_PNG_COMPRESSION, 9])
@@ -270,13 +281,12 @@ class SegDataset(torch.utils.data.Dataset):
         sample = self.samples[index]
         rng = np.random.default_rng((self.seed, self.epoch, index))
         image, mask = load_pair(sample)
-        if sample.kind == "plate":
-            hint = hint_path(sample)
-            seen = cv2.imread(str(hint), cv2.IMREAD_UNCHANGED) if hint.is_file() else None
-            if seen is None:
-                raise FileNotFoundError(f"{hint} missing: run python -m training.data --hints")
-            mask = mask.copy()
-            mask[(mask == 0) & (seen > 0)] = MAYBE_PERSON
+        hint = hint_path(sample)
+        seen = cv2.imread(str(hint), cv2.IMREAD_UNCHANGED) if hint.is_file() else None
+        if seen is None:
+            raise FileNotFoundError(f"{hint} missing: run python -m training.data --hints")
+        mask = mask.copy()
+        mask[(mask == 0) & (seen > 0)] = HINT_VALUE[sample.kind]
         image, mask = augment(image, mask, sample.source, self.config, rng)
         return to_tensor(image), torch.from_numpy(mask), sample.kind, sample.source
 
@@ -288,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--longest", type=int, default=INPUT_SIZE)
     parser.add_argument("--quality", type=int, default=75, help="JPEG quality")
     parser.add_argument("--hints", action="store_true",
-                        help="only (re)build the teacher's person hints of the plate images")
+                        help="only (re)build the teacher's hints (people on plate images, "
+                        "vehicles on person images)")
     parser.add_argument("--reference", type=Path,
                         default=REPO / "engines" / "deeplabv3_mnv2_voc_257.onnx")
     args = parser.parse_args(argv)
@@ -297,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         total = build_cache(args.src, args.dst, args.longest, args.quality)
         log.info("compact copy in %s: %.1f MiB", args.dst, total / 2**20)
     count = teacher_hints(args.dst, args.reference)
-    log.info("teacher hints written; %d plate images show a person", count)
+    log.info("teacher hints written; %d images show the other set's class", count)
 
 
 if __name__ == "__main__":
