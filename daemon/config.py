@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-DEFAULT_MODEL = Path("engines/deeplabv3_mnv2_voc_257.onnx")
+DEFAULT_MODEL = Path("engines/deeplabv3plus_mnv2_person_plate_513.onnx")
 
 
 class FrozenModel(BaseModel):
@@ -299,7 +299,8 @@ class ServiceConfig(FrozenModel):
 class Config(FrozenModel):
     model: ModelConfig = Field(ModelConfig(), description="segmentation model and device")
     anonymize: tuple[str, ...] = Field(
-        ("person",), min_length=1, description="class names (from the model manifest) to blur"
+        ("person", "license_plate"), min_length=1,
+        description="class names (from the model manifest) to blur"
     )
     blur: BlurConfig = Field(BlurConfig(), description="how objects are blurred (DESIGN 2)")
     analysis: AnalysisConfig = Field(AnalysisConfig(), description="how frames are analyzed")

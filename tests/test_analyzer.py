@@ -28,6 +28,7 @@ from daemon.errors import BackendUnavailable, ConfigError, EngineError, ModelErr
 ENGINES = Path(__file__).resolve().parents[1] / "engines"
 MODEL = ENGINES / "deeplabv3_mnv2_voc_257.onnx"
 MANIFEST = ENGINES / "deeplabv3_mnv2_voc_257.manifest.yaml"
+REFERENCE_CLASSES = ("person",)  # the reference (VOC) has no license_plate
 PERSON = 15
 
 # Measured with this model (stretch to 257, exact bilinear upsampling): Penn-Fudan val
@@ -38,7 +39,13 @@ CAMVID_SMALL_PEOPLE = "camvid_0006R0_f02100"
 
 
 def _config(**model: object) -> Config:
-    return Config(model=ModelConfig(path=MODEL, **model))  # type: ignore[arg-type]
+    return Config(model=ModelConfig(path=MODEL, **model),  # type: ignore[arg-type]
+                  anonymize=REFERENCE_CLASSES)
+
+
+def _cpu_config(path: Path) -> Config:
+    """A CPU config for a copy of the reference model (blurring its person class)."""
+    return Config(model=ModelConfig(path=path, device="cpu"), anonymize=REFERENCE_CLASSES)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +107,7 @@ def _derived_model(
 def test_non_onnx_file_is_a_model_error(tmp_path: Path) -> None:
     path = _install(tmp_path, b"this is a JPEG, honestly\n" * 40, _unhashed())
     with pytest.raises(ModelError) as caught:
-        create_analyzer(Config(model=ModelConfig(path=path, device="cpu")))
+        create_analyzer(_cpu_config(path))
     message = str(caught.value)
     assert message.startswith(f"model {path}: not a loadable ONNX model: ")
     assert "\n" not in message and "Traceback" not in message
@@ -109,7 +116,7 @@ def test_non_onnx_file_is_a_model_error(tmp_path: Path) -> None:
 def test_sha256_mismatch_is_a_model_error(tmp_path: Path) -> None:
     path = _install(tmp_path, b"not the reference model", _manifest_text())
     with pytest.raises(ModelError, match=r"sha256 is [0-9a-f]{64}, manifest .* says e397dd"):
-        create_analyzer(Config(model=ModelConfig(path=path, device="cpu")))
+        create_analyzer(_cpu_config(path))
 
 
 def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
@@ -144,7 +151,7 @@ def test_manifest_disagreeing_with_onnx_is_a_model_error(
 ) -> None:
     path = _install(tmp_path, MODEL.read_bytes(), _unhashed(**replace))
     with pytest.raises(ModelError) as caught:
-        create_analyzer(Config(model=ModelConfig(path=path, device="cpu")))
+        create_analyzer(_cpu_config(path))
     assert expected in str(caught.value)
     assert "\n" not in str(caught.value)
 
@@ -159,7 +166,7 @@ def test_model_emitting_nan_fails_its_warm_up(tmp_path: Path) -> None:
         _unhashed(**{"  name: ResizeBilinear_3": "  name: poisoned"}),
     )
     with pytest.raises(ModelError, match="warm-up run failed: model output has NaN"):
-        create_analyzer(Config(model=ModelConfig(path=path, device="cpu")))
+        create_analyzer(_cpu_config(path))
 
 
 # --- backend selection --------------------------------------------------------------------
@@ -221,7 +228,7 @@ def test_labels_output_model_is_upsampled_nearest(tmp_path: Path, shared_data: P
             **{"kind: logits": "kind: labels", "  name: ResizeBilinear_3": "  name: classes"}
         ),
     )
-    ids_model = create_analyzer(Config(model=ModelConfig(path=path, device="cpu")))
+    ids_model = create_analyzer(_cpu_config(path))
     image = cv2.imread(str(shared_data / "stills" / "messi5.jpg"))
     labels = ids_model.labels(image)
     assert labels.shape == image.shape[:2] and labels.dtype == np.uint8
@@ -321,6 +328,7 @@ def test_tiling_finds_small_pedestrians(analyzer: OnnxAnalyzer, shared_data: Pat
     tiled = create_analyzer(
         Config(
             model=ModelConfig(path=MODEL, device="cpu"),
+            anonymize=REFERENCE_CLASSES,
             analysis=AnalysisConfig(tiling=TilingConfig(enabled=True)),
         )
     )

@@ -233,8 +233,9 @@ def test_default_model_path_resolves_against_the_project_root(tmp_path: Path) ->
     path = _write(tmp_path, "model:\n  device: cpu\n")
     config = load_config(path)
     assert PROJECT_ROOT == REPO
-    assert config.model.path == REPO / "engines" / "deeplabv3_mnv2_voc_257.onnx"
-    assert config.model.manifest_path == REPO / "engines" / "deeplabv3_mnv2_voc_257.manifest.yaml"
+    model = REPO / "engines" / "deeplabv3plus_mnv2_person_plate_513"
+    assert config.model.path == model.with_suffix(".onnx")
+    assert config.model.manifest_path == model.with_suffix(".manifest.yaml")
     assert load_config(None).model.path == config.model.path
 
 
@@ -318,7 +319,7 @@ def test_check_config_cli_accepts_the_shipped_config() -> None:
     result = _cli("config.yaml")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("config.yaml: OK (model ")
-    assert "0 cameras, anonymize: person)" in result.stdout
+    assert "0 cameras, anonymize: person, license_plate)" in result.stdout
 
 
 def test_check_config_cli_reports_file_line_and_key(tmp_path: Path) -> None:
