@@ -189,9 +189,43 @@ def test_calibrated_norms_keep_the_function_and_train_normally(shared_data: Path
         trained_view = model(images)
     assert (trained_view.argmax(1) == after.argmax(1)).float().mean() > 0.99
     groups = param_groups(model, config)
-    assert sorted(group["lr_factor"] for group in groups) == [0.5, 1.0]
-    pretrained = next(g for g in groups if g["lr_factor"] == 0.5)
+    assert sorted((g["pretrained"], g["lr_factor"]) for g in groups) == [(False, 1.0), (True, 0.5)]
+    pretrained = next(g for g in groups if g["pretrained"])
+    fresh = next(g for g in groups if not g["pretrained"])
     assert [group_factor(pretrained, step, 10) for step in (0, 5, 10, 50)] == [0, 0.25, 0.5, 0.5]
+    assert [group_factor(fresh, step, 10) for step in (0, 5)] == [1.0, 1.0]
+
+
+def test_exported_init_continues_from_the_committed_model(shared_data: Path) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import cv2
+
+    from daemon.analysis.onnx_backend import OnnxAnalyzer
+    from training.data import to_tensor
+    from training.train import TrainConfig, build_model, folded_by_init, param_groups
+    from training.transfer import calibrate_norms
+
+    image = cv2.imread(str(shared_data / "stills" / "deface_city.jpg"), cv2.IMREAD_COLOR)
+    view = cv2.resize(image, (513, 513), interpolation=cv2.INTER_LINEAR)
+    manifest = load_manifest(OUR_MODEL.with_suffix(".manifest.yaml"))
+    expected = OnnxAnalyzer(OUR_MODEL, manifest, threads=1).infer(view)
+    config = TrainConfig(backbone="mnv2_050", encoder_logits=True, output_stride=8,
+                         init="exported", init_from=str(OUR_MODEL))
+    model = build_model(config).eval()
+    x = to_tensor(view)[None]
+    with torch.no_grad():
+        before = model(x).numpy()
+        calibrate_norms(model, x, folded_by_init(model, config))
+        after = model(x).numpy()
+    assert (expected.argmax(axis=1) == 1).mean() > 0.02  # people in the still
+    for ours in (before, after):  # the ONNX's function, before and after calibration
+        assert np.abs(ours - expected).max() < 1e-2, np.abs(ours - expected).max()
+    groups = param_groups(model, config)
+    assert [g["pretrained"] for g in groups] == [True]  # every layer comes from the ONNX
+    with pytest.raises(ValueError, match="convolutions"):
+        build_model(TrainConfig(backbone="mnv2_050", encoder_logits=True, init="exported",
+                                init_from=str(ENGINES / "deeplabv3_mnv2_voc_257.onnx")))
 
 
 def test_export_then_onnx_runtime_labels_match_pytorch(shared_data: Path, tmp_path: Path) -> None:

@@ -37,10 +37,18 @@ from training.data import (
     to_tensor,
 )
 from training.model import DeepLabV3Plus, load_imagenet_backbone, model_from_config
-from training.transfer import REFERENCE_WIDTH, calibrate_norms, load_reference
+from training.transfer import (
+    REFERENCE_WIDTH,
+    all_norms,
+    calibrate_norms,
+    folded_norms,
+    load_exported,
+    load_reference,
+    reference_modules,
+)
 
-INITS = ("imagenet", "reference")
-CALIBRATION_IMAGES = 32  # training crops that give the reference's folded BNs their statistics
+INITS = ("imagenet", "reference", "exported")
+CALIBRATION_IMAGES = 32  # training crops that give the folded BNs their statistics
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +68,15 @@ class TrainConfig:
     weight_decay: float = 4e-5
     plate_repeat: int = 2  # plates are 557 images against 1,238 person images
     plate_weight: float = 1.0  # loss weight of labelled plate pixels
+    small_object_repeat: int = 1  # CamVid (small distant people) images per epoch: N x
     aspp_channels: int = 256
     decoder_channels: int = 128
     backbone: str = "mnv2"  # "mnv2" (torchvision, width 1.0) or "mnv2_050" (the reference's)
-    init: str = "imagenet"  # "imagenet" (backbone) or "reference" (backbone + ASPP, mnv2_050)
+    output_stride: int = 16  # 8: the stages past stride 8 dilated (slower, finer)
+    # "imagenet" (backbone), "reference" (backbone + ASPP, mnv2_050) or "exported" (every
+    # layer from `init_from`, an ONNX that training.export wrote of this architecture)
+    init: str = "imagenet"
+    init_from: str = ""
     encoder_logits: bool = False  # DeepLabv3's classifier added to the decoder's (reference)
     pretrained_lr: float = 1.0  # learning-rate factor of the initialised (pretrained) layers
     warmup_steps: int = 0  # the pretrained layers' factor ramps up linearly over these steps
@@ -79,20 +92,34 @@ def build_model(config: TrainConfig, pretrained: bool = True) -> DeepLabV3Plus:
                                        or not config.encoder_logits):
         raise ValueError(f"init 'reference' needs backbone {REFERENCE_WIDTH!r} and "
                          "encoder_logits")
+    if config.init == "exported" and not config.init_from:
+        raise ValueError("init 'exported' needs init_from: the ONNX to start from")
     model = model_from_config(asdict(config))
     if pretrained and config.init == "imagenet":
         load_imagenet_backbone(model)
-    elif pretrained:
+    elif pretrained and config.init == "reference":
         load_reference(model)
+    elif pretrained:
+        load_exported(model, Path(config.init_from))
     return model
+
+
+def folded_by_init(model: DeepLabV3Plus, config: TrainConfig) -> list[torch.nn.BatchNorm2d]:
+    """The batch norms that `config.init` loads folded (to calibrate before training)."""
+    if config.init == "reference":
+        return folded_norms(model)
+    if config.init == "exported":
+        return all_norms(model)
+    return []
 
 
 def pretrained_parameters(model: DeepLabV3Plus, config: TrainConfig) -> set[int]:
     """ids of the parameters that `config.init` fills (the rest start from scratch)."""
-    modules: list[torch.nn.Module] = [model.backbone]
-    if config.init == "reference":
-        modules += [model.aspp.branches[0], model.aspp.pool, model.aspp.project,
-                    model.encoder_classifier]
+    modules: list[torch.nn.Module] = {
+        "imagenet": [model.backbone],
+        "reference": reference_modules(model),
+        "exported": [model],
+    }[config.init]
     return {id(p) for module in modules for p in module.parameters()}
 
 
@@ -102,7 +129,7 @@ def group_factor(group: dict, step: int, warmup_steps: int) -> float:
     While the decoder still starts from zero its gradients are noise that full-rate SGD would
     write into the pretrained layers (the reference's person IoU fell 0.83 -> 0.45 in 30 steps).
     """
-    if group["lr_factor"] == 1.0 or step >= warmup_steps:
+    if not group["pretrained"] or step >= warmup_steps:
         return group["lr_factor"]
     return group["lr_factor"] * step / warmup_steps
 
@@ -112,9 +139,9 @@ def param_groups(model: DeepLabV3Plus, config: TrainConfig) -> list[dict]:
     pretrained = pretrained_parameters(model, config)
     groups = [
         {"params": [p for p in model.parameters() if id(p) in pretrained],
-         "lr_factor": config.pretrained_lr},
+         "lr_factor": config.pretrained_lr, "pretrained": True},
         {"params": [p for p in model.parameters() if id(p) not in pretrained],
-         "lr_factor": 1.0},
+         "lr_factor": 1.0, "pretrained": False},
     ]
     return [group for group in groups if group["params"]]
 
@@ -199,23 +226,27 @@ def run(config: TrainConfig, out: Path, resume: bool, device: torch.device,
     data = Path(config.data)
     person_plate = read_split(data, "train")
     plates = [s for s in person_plate if s.kind == "plate"]
-    pool = person_plate + plates * (config.plate_repeat - 1)
+    aug = AugmentConfig(size=config.crop)
+    small = [s for s in person_plate if s.source in aug.small_object_sources]
+    pool = (person_plate + plates * (config.plate_repeat - 1)
+            + small * (config.small_object_repeat - 1))
     val = read_split(data, "val")
     if limit:  # smoke runs: a few images of every source
         pool = [s for i, s in enumerate(pool) if i % max(1, len(pool) // limit) == 0][:limit]
         val = [s for i, s in enumerate(val) if i % max(1, len(val) // limit) == 0][:limit]
-    aug = AugmentConfig(size=config.crop)
     dataset = SegDataset(pool, aug, config.seed)
     per_epoch = len(pool) // config.batch
     total = config.steps or per_epoch * config.epochs
 
     torch.manual_seed(config.seed)
     model = build_model(config, pretrained=not resume).to(device)
-    if config.init == "reference" and not resume:
+    folded = folded_by_init(model, config)
+    if folded and not resume:
         spread = np.linspace(0, len(pool) - 1, CALIBRATION_IMAGES).astype(int)
         images = torch.stack([dataset[int(i)][0] for i in spread])
-        calibrate_norms(model, images.to(device))
-        log.info("folded batch norms calibrated on %d training crops", len(images))
+        calibrate_norms(model, images.to(device), folded)
+        log.info("%d folded batch norms calibrated on %d training crops", len(folded),
+                 len(images))
     optimizer = torch.optim.SGD(param_groups(model, config), lr=config.lr,
                                 momentum=config.momentum, weight_decay=config.weight_decay)
     step, best = 0, -1.0

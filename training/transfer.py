@@ -42,7 +42,7 @@ _PIXEL_CENTRE, _PIXEL_SCALE = 127.5, 127.5  # the reference's x = (pixel - 127.5
 
 
 def _reference_convs(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(node name, weight, bias) of every Conv in the reference ONNX, in graph order."""
+    """(node name, weight, bias) of every Conv in an ONNX (BNs folded in), in graph order."""
     import onnx
     from onnx import numpy_helper
 
@@ -67,7 +67,7 @@ def _load_folded(conv: nn.Conv2d, norm: nn.BatchNorm2d, weight: np.ndarray, bias
                  name: str) -> None:
     if tuple(conv.weight.shape) != weight.shape:
         raise ValueError(f"reference conv {name} is {weight.shape}, ours "
-                         f"{tuple(conv.weight.shape)}: not the {REFERENCE_WIDTH} layout")
+                         f"{tuple(conv.weight.shape)}: not the same layout")
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(weight))
         norm.weight.fill_(1.0)
@@ -117,15 +117,75 @@ def _load_backbone_and_aspp(backbone: MobileNetV2Backbone, aspp: ASPP, path: Pat
     return [logits]
 
 
+def reference_modules(model: DeepLabV3Plus) -> list[nn.Module]:
+    """The modules that `load_reference` fills: backbone, ASPP's 1x1 branch, image pooling and
+    projection, encoder classifier (the decoder starts from scratch)."""
+    aspp = model.aspp
+    return [model.backbone, aspp.branches[0], aspp.pool, aspp.project, model.encoder_classifier]
+
+
 def folded_norms(model: DeepLabV3Plus) -> list[nn.BatchNorm2d]:
     """The batch norms that `load_reference` fills with folded reference weights."""
-    aspp = model.aspp
-    norms = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
-    return [*norms, aspp.branches[0][1], aspp.pool[1], aspp.project[0][1]]
+    return [m for module in reference_modules(model) for m in module.modules()
+            if isinstance(m, nn.BatchNorm2d)]
+
+
+def all_norms(model: nn.Module) -> list[nn.BatchNorm2d]:
+    """Every batch norm of `model` (all folded after `load_exported`)."""
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def _execution_order(model: nn.Module) -> list[nn.Conv2d]:
+    """The model's convolutions in the order a forward pass runs them (the ONNX graph order)."""
+    order: list[nn.Conv2d] = []
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks = [conv.register_forward_pre_hook(lambda module, _: order.append(module))
+             for conv in convs]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 65, 65))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return order
+
+
+def load_exported(model: DeepLabV3Plus, path: Path) -> None:
+    """Initialise `model` from an ONNX that `training.export` wrote of the same architecture.
+
+    The exporter folds every batch norm into its convolution, so each conv with a BN gets the
+    folded weight and its BN becomes the identity plus the bias (as for the reference; give
+    the BNs statistics with `calibrate_norms(model, images, all_norms(model))`); the
+    classifiers (convs with their own bias) are copied. Weights do not depend on the output
+    stride, so a model exported at stride 8 continues training at 16.
+    """
+    convs = _reference_convs(path)
+    order = _execution_order(model)
+    if len(convs) != len(order):
+        raise ValueError(f"{path}: {len(convs)} convolutions, this architecture has "
+                         f"{len(order)} (a different model or an older export)")
+    norm_after = {id(conv): norm for conv, norm in itertools.pairwise(model.modules())
+                  if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d)}
+    for conv, (name, weight, bias) in zip(order, convs, strict=True):
+        norm = norm_after.get(id(conv))
+        if norm is not None:
+            _load_folded(conv, norm, weight, bias, name)
+            continue
+        if tuple(conv.weight.shape) != weight.shape or conv.bias is None:
+            raise ValueError(f"{path}: conv {name} is {weight.shape}, ours "
+                             f"{tuple(conv.weight.shape)}: not this architecture")
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(weight))
+            conv.bias.copy_(torch.from_numpy(bias))
+    log.info("all %d convolutions initialised from the exported model %s", len(order), path)
 
 
 @torch.no_grad()
-def calibrate_norms(model: DeepLabV3Plus, images: torch.Tensor) -> None:
+def calibrate_norms(model: DeepLabV3Plus, images: torch.Tensor,
+                    norms: list[nn.BatchNorm2d] | None = None) -> None:
     """Give the folded batch norms real statistics without changing what the model computes.
 
     A folded BN is the identity plus a bias, so in training mode (batch statistics) it would
@@ -136,7 +196,7 @@ def calibrate_norms(model: DeepLabV3Plus, images: torch.Tensor) -> None:
     still computes x + b exactly; in training mode the batch statistics of a similar batch
     give about the same, and the gradients are those of a normalised network again.
     """
-    norms = folded_norms(model)
+    norms = folded_norms(model) if norms is None else norms
     stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
