@@ -66,6 +66,13 @@ class TilingConfig(FrozenModel):
     overlap: float = Field(
         0.25, ge=0.0, lt=0.9, description="fraction of a tile shared with its neighbour"
     )
+    zoom: float = Field(
+        1.0,
+        ge=1.0,
+        le=4.0,
+        description="tiles see the frame at this many times its native scale "
+        "(a tile covers input size / zoom frame pixels)",
+    )
 
 
 class AnalysisConfig(FrozenModel):

@@ -74,6 +74,13 @@ def test_min_kernel_above_max_kernel_points_at_the_section(tmp_path: Path) -> No
     assert _errors(path) == [f"{path}:2:1: blur: min_kernel (9) must not exceed max_kernel (5)"]
 
 
+def test_tiling_zoom_out_of_range_names_key_and_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "analysis:\n  tiling:\n    enabled: true\n    zoom: 0.5\n")
+    assert _errors(path) == [
+        f"{path}:4:5: analysis.tiling.zoom: Input should be greater than or equal to 1"
+    ]
+
+
 def test_wrong_type(tmp_path: Path) -> None:
     path = _write(tmp_path, "server:\n  bind: 0.0.0.0\n  port: eighty\n")
     (line,) = _errors(path)

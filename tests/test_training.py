@@ -293,3 +293,24 @@ def test_committed_model_manifest_matches_its_onnx() -> None:
     analyzer = OnnxAnalyzer(OUR_MODEL, manifest, threads=1)  # checks I/O and runs once
     frame = np.zeros((360, 480, 3), np.uint8)
     assert analyzer.labels(frame).shape == (360, 480)
+
+
+def test_evaluate_reports_each_model_with_and_without_zoomed_tiles(shared_data: Path) -> None:
+    pytest.importorskip("torch")  # training.data builds tensors
+    from daemon.config import TilingConfig
+    from training.data import read_split
+    from training.evaluate import evaluate, table
+
+    samples = [s for s in read_split(shared_data / "seg", "val", {"camvid"})
+               if s.image.stem in ("camvid_0006R0_f02100", "camvid_0006R0_f02130")]
+    assert len(samples) == 2
+    plain = evaluate(OUR_MODEL, samples, threads=1)
+    tiled = evaluate(OUR_MODEL, samples, threads=1,
+                     tiling=TilingConfig(enabled=True, zoom=2.0))
+    assert set(plain) == set(tiled)
+    assert {"iou/person", "iou/person/camvid", "found/small", "objects/small"} <= set(plain)
+    assert plain["objects/small"] == tiled["objects/small"] > 0
+    assert tiled["iou/person/camvid"] > plain["iou/person/camvid"]
+    text = table({"ours": plain, "ours + tiles": tiled})
+    assert text.splitlines()[0] == "| metric | ours | ours + tiles |"
+    assert f"| iou/person/camvid | {plain['iou/person/camvid']:.3f} |" in text

@@ -5,7 +5,8 @@ val split of shared/data/seg at the images' own resolution: IoU of person and li
 data source and over each set (dataset-level: intersections and unions summed over images),
 person recall by object size (8-connected ground-truth blobs, COCO-style pixel-area bins), and
 the median CPU latency of `labels()` on a 513 x 513 frame with one thread. One Markdown table,
-the models side by side.
+the models side by side. `--tiling-zoom Z` adds each model run with the daemon's multi-scale
+analysis (`analysis.tiling`, zoom Z) as a column of its own; `--sources` limits the images.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from daemon.analysis.manifest import load_manifest
 from daemon.analysis.onnx_backend import OnnxAnalyzer
+from daemon.config import TilingConfig
 from training.data import DEFAULT_SRC, IGNORE, load_pair, read_split
 from training.metrics import Tally
 
@@ -33,10 +35,19 @@ REFERENCE = REPO / "engines" / "deeplabv3_mnv2_voc_257.onnx"
 SET_CLASS = {"person": ("person", 1), "plate": ("license_plate", 2)}
 
 
-def evaluate(model: Path, samples: list, threads: int = 0) -> dict[str, float]:
-    """Metrics of one model on `samples` through the daemon's CPU analyzer."""
+def _analyzer(model: Path, threads: int, tiling: TilingConfig | None) -> OnnxAnalyzer:
+    """The daemon's CPU analyzer; with `tiling`, person and license_plate win the merge."""
     manifest = load_manifest(model.with_suffix(".manifest.yaml"))
-    analyzer = OnnxAnalyzer(model, manifest, threads=threads)
+    protected = [manifest.classes[name] for name, _ in SET_CLASS.values()
+                 if name in manifest.classes]
+    return OnnxAnalyzer(model, manifest, threads=threads, tiling=tiling, protected=protected)
+
+
+def evaluate(model: Path, samples: list, threads: int = 0,
+             tiling: TilingConfig | None = None) -> dict[str, float]:
+    """Metrics of one model on `samples` through the daemon's CPU analyzer."""
+    analyzer = _analyzer(model, threads, tiling)
+    manifest = analyzer.manifest
     tally = Tally()
     for sample in samples:
         image, mask = load_pair(sample)
@@ -54,10 +65,10 @@ def evaluate(model: Path, samples: list, threads: int = 0) -> dict[str, float]:
     return tally.metrics()
 
 
-def latency_ms(model: Path, runs: int = 20, size: int = 513) -> float:
+def latency_ms(model: Path, runs: int = 20, size: int = 513,
+               tiling: TilingConfig | None = None) -> float:
     """Median ms of `labels()` on a real still stretched to size x size, one thread."""
-    manifest = load_manifest(model.with_suffix(".manifest.yaml"))
-    analyzer = OnnxAnalyzer(model, manifest, threads=1)
+    analyzer = _analyzer(model, 1, tiling)
     still = REPO.parent / "shared" / "data" / "stills" / "deface_city.jpg"
     frame = cv2.imread(str(still), cv2.IMREAD_COLOR)
     if frame is None:
@@ -106,17 +117,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="ORT threads for the IoU pass")
     parser.add_argument("--latency-runs", type=int, default=20, help="0: skip the timing")
     parser.add_argument("--json", type=Path, help="also write the metrics here")
+    parser.add_argument("--sources", nargs="+", help="only these data sources (e.g. camvid)")
+    parser.add_argument("--tiling-zoom", type=float, default=0.0,
+                        help="also run each model with analysis.tiling at this zoom (>= 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     models = list(args.models) + ([REFERENCE] if args.reference else [])
-    samples = read_split(args.data, args.split)
+    samples = read_split(args.data, args.split, set(args.sources) if args.sources else None)
+    variants: list[tuple[str, TilingConfig | None]] = [("", None)]
+    if args.tiling_zoom:
+        tiling = TilingConfig(enabled=True, zoom=args.tiling_zoom)
+        variants.append((f" + tiles (zoom {args.tiling_zoom:g})", tiling))
     results: dict[str, dict[str, float]] = {}
     for model in models:
-        log.info("evaluating %s on %d %s images", model.name, len(samples), args.split)
-        metrics = evaluate(model, samples, args.threads)
-        if args.latency_runs:
-            metrics["latency_ms/513x513_1thread_median"] = latency_ms(model, args.latency_runs)
-        results[model.stem] = metrics
+        for suffix, tiling in variants:
+            log.info("evaluating %s%s on %d %s images", model.name, suffix, len(samples),
+                     args.split)
+            metrics = evaluate(model, samples, args.threads, tiling)
+            if args.latency_runs:
+                metrics["latency_ms/513x513_1thread_median"] = latency_ms(
+                    model, args.latency_runs, tiling=tiling)
+            results[model.stem + suffix] = metrics
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, sort_keys=True))

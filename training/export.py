@@ -26,14 +26,19 @@ OPSET = 17
 DEFAULT_NAME = "deeplabv3plus_mnv2_person_plate_513"
 
 
-def load_checkpoint(path: Path, output_stride: int = 16) -> tuple[DeepLabV3Plus, dict]:
+def load_checkpoint(path: Path, output_stride: int | None = None
+                    ) -> tuple[DeepLabV3Plus, dict]:
     """The model of a training checkpoint (eval mode) and the checkpoint dict.
 
     `output_stride` 8 runs the same weights with one stage less of stride and twice the
-    dilation (DeepLab's own practice: train at 16, infer at 8 for finer masks).
+    dilation (DeepLab's own practice: train at 16, infer at 8 for finer masks); None: the
+    stride it was trained at.
     """
     state = torch.load(path, map_location="cpu", weights_only=False)
-    model = model_from_config({**state["config"], "output_stride": output_stride})
+    config = dict(state["config"])
+    if output_stride is not None:
+        config["output_stride"] = output_stride
+    model = model_from_config(config)
     model.load_state_dict(state["model"])
     return model.eval(), state
 
@@ -99,6 +104,8 @@ _INIT = {
     "imagenet": "backbone from ImageNet (torchvision's MobileNetV2)",
     "reference": "backbone, ASPP and DeepLabv3 classifier from the reference VOC model "
                  "(`training/transfer.py`), decoder from zero",
+    "exported": "every layer continued from an earlier export of this model (`init_from`, batch "
+                "norms unfolded and calibrated: `training/transfer.py: load_exported`)",
 }
 _ENCODER_LOGITS = (
     " DeepLabv3's own classifier on the ASPP output is kept and its logits, upsampled to stride"
@@ -113,6 +120,11 @@ _WEIGHTS_LICENCE = {
                  "TF-Lite sample `deeplabv3_257_mv_gpu.tflite`, Apache-2.0 upstream; the copy "
                  "in `shared/data/models` comes from a mirror without a licence file, see its "
                  "MODEL.md)",
+    "exported": "continued from an earlier export of this model, itself fine-tuned from the "
+                "reference DeepLabv3 MobileNetV2 VOC model (Google's TF-Lite sample "
+                "`deeplabv3_257_mv_gpu.tflite`, Apache-2.0 upstream; the copy in "
+                "`shared/data/models` comes from a mirror without a licence file, see its "
+                "MODEL.md)",
 }
 
 _CARD = """# {name}: the project's DeepLabv3+ for person and license_plate
@@ -161,7 +173,7 @@ Augmentation (`training/data.py`): every image first stretched to {size} x {size
 feeds it, then random scale in [0.5, 2.0] (CamVid: [1.0, 2.0], so its small pedestrians are
 seen at the daemon's scale or larger), random horizontal flip, random {crop} x {crop} crop (half of
 the crops centred near a labelled foreground pixel, as plates cover ~1 % of a frame), padded with
-the mean colour / ignore. Plate images are repeated {plate_repeat}x per epoch. SGD, momentum
+the mean colour / ignore. Plate images are repeated {plate_repeat}x per epoch{small}. SGD, momentum
 {momentum}, weight decay {wd}, "poly" learning rate from {lr} (power {power}), batch {batch},
 {steps} steps in all (epochs of {per_epoch} steps), {init}.
 
@@ -195,7 +207,10 @@ def write_card(onnx_path: Path, name: str, state: dict, evaluation: str, notes: 
         aspp=config["aspp_channels"], decoder=config["decoder_channels"], opset=OPSET,
         size=size, out=(size - 1) // 4 + 1, mb=onnx_path.stat().st_size / 1e6,
         sha=sha256(onnx_path), settings=settings, crop=config["crop"],
-        plate_repeat=config["plate_repeat"], momentum=config["momentum"],
+        plate_repeat=config["plate_repeat"],
+        small=(f", CamVid images {config['small_object_repeat']}x"
+               if config.get("small_object_repeat", 1) > 1 else ""),
+        momentum=config["momentum"],
         wd=config["weight_decay"], lr=config["lr"], power=config["power"], batch=config["batch"],
         steps=state["step"], epochs=config["epochs"], per_epoch=per_epoch,
         evaluation=evaluation.strip(), notes=notes.strip())
@@ -212,8 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "engines")
     parser.add_argument("--size", type=int, default=INPUT_SIZE)
     parser.add_argument("--dynamic", action="store_true", help="symbolic H and W")
-    parser.add_argument("--output-stride", type=int, default=16, choices=(8, 16),
-                        help="run the trained weights at this output stride")
+    parser.add_argument("--output-stride", type=int, choices=(8, 16),
+                        help="run the trained weights at this output stride (default: the "
+                             "stride they were trained at)")
     parser.add_argument("--card", action="store_true", help="also write engines/<name>.md")
     parser.add_argument("--evaluation", type=Path, help="Markdown table from training.evaluate")
     parser.add_argument("--notes", type=Path, help="Markdown appended to the card")
@@ -227,8 +243,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.card:
         evaluation = args.evaluation.read_text() if args.evaluation else "(not measured)"
         notes = args.notes.read_text() if args.notes else ""
+        stride = model.backbone.output_stride
         log.info("wrote %s", write_card(onnx_path, name, state, evaluation, notes, args.size,
-                                                args.output_stride))
+                                        stride))
     log.info("wrote %s (%.1f MB, step %d, val %s) and %s", onnx_path,
              onnx_path.stat().st_size / 1e6, state["step"], state.get("metrics"), manifest)
 

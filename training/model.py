@@ -92,6 +92,7 @@ class MobileNetV2Backbone(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.out_channels = cin
         self.low_level_channels = channels[1]
+        self.output_stride = output_stride
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         low = x

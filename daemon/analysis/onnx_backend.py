@@ -13,7 +13,12 @@ from numpy.typing import NDArray
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from daemon.analysis.manifest import Manifest, sha256_file
-from daemon.analysis.tiling import frame_tiles, merge_protected, protected_lookup
+from daemon.analysis.tiling import (
+    analysis_tiles,
+    describe_tiling,
+    merge_protected,
+    protected_lookup,
+)
 from daemon.analysis.upsample import upsampled_argmax, upsampled_nearest
 from daemon.config import TilingConfig
 from daemon.errors import ConfigError, EngineError, ModelError
@@ -118,7 +123,7 @@ class OnnxAnalyzer:
             manifest.name,
             model_path,
             len(manifest.classes),
-            f"on (overlap {self._tiling.overlap:g})" if self._tiling.enabled else "off",
+            describe_tiling(self._tiling),
         )
 
     def _open(self, threads: int) -> ort.InferenceSession:
@@ -194,13 +199,10 @@ class OnnxAnalyzer:
         if frame.shape[0] == 0 or frame.shape[1] == 0:
             raise EngineError(f"expected a non-empty frame, got {frame.shape}")
         labels = self._labels_at(frame)
-        if self._tiling.enabled:
-            height, width = frame.shape[:2]
-            for tile in frame_tiles(
-                height, width, self._size[1], self._size[0], self._tiling.overlap
-            ):
-                window = frame[tile.y : tile.y + tile.height, tile.x : tile.x + tile.width]
-                merge_protected(labels, tile, self._labels_at(window), self._protected)
+        height, width = frame.shape[:2]
+        for tile in analysis_tiles(height, width, self._size[1], self._size[0], self._tiling):
+            window = frame[tile.y : tile.y + tile.height, tile.x : tile.x + tile.width]
+            merge_protected(labels, tile, self._labels_at(window), self._protected)
         return labels
 
     def _preprocess(self, image: Image) -> NDArray[np.floating]:

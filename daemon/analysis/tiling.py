@@ -4,6 +4,9 @@ A 1080p frame squeezed into a 257 px input shrinks a distant person ~4x; a tile 
 the network input sees the frame at native scale. Tiles are laid out so that neighbours share
 at least `overlap` of a tile and the last tile ends at the frame's edge (every tile is a full
 input-sized window unless the frame itself is smaller in that direction, then the tile spans it).
+With `zoom` > 1 a tile covers input size / zoom frame pixels, stretched to the input: the
+network sees the frame magnified (people too small even at native scale, e.g. on a 480 x 360
+camera), at about zoom^2 times as many tiles.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daemon.config import TilingConfig
 from daemon.types import LabelMap
 
 
@@ -48,6 +52,18 @@ def frame_tiles(
     ]
 
 
+def analysis_tiles(
+    height: int, width: int, input_height: int, input_width: int, tiling: TilingConfig
+) -> list[Tile]:
+    """The tiles `tiling` analyzes on a height x width frame for a network input of
+    input_height x input_width ([] when tiling is off or one tile would be the whole frame)."""
+    if not tiling.enabled:
+        return []
+    tile_height = max(1, round(input_height / tiling.zoom))
+    tile_width = max(1, round(input_width / tiling.zoom))
+    return frame_tiles(height, width, tile_height, tile_width, tiling.overlap)
+
+
 def protected_lookup(class_ids: tuple[int, ...]) -> np.ndarray:
     """A 256-entry bool table: True for the class ids to anonymize."""
     table = np.zeros(256, dtype=np.bool_)
@@ -66,3 +82,10 @@ def merge_protected(
     window = labels[tile.y : tile.y + tile.height, tile.x : tile.x + tile.width]
     claim = protected[tile_labels] & ~protected[window]
     window[claim] = tile_labels[claim]
+
+
+def describe_tiling(tiling: TilingConfig) -> str:
+    """For the log: 'off' or 'on (overlap 0.25, zoom 2)'."""
+    if not tiling.enabled:
+        return "off"
+    return f"on (overlap {tiling.overlap:g}, zoom {tiling.zoom:g})"

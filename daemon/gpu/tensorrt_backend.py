@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from daemon.analysis.manifest import Manifest
-from daemon.analysis.tiling import frame_tiles, protected_lookup
+from daemon.analysis.tiling import analysis_tiles, protected_lookup
 from daemon.config import TilingConfig
 from daemon.errors import ConfigError, EngineError, ModelError
 from daemon.gpu.analysis import (
@@ -113,14 +113,11 @@ class TrtAnalyzer:
             raise EngineError(f"expected a non-empty frame, got {frame.shape}")
         with self._stream:
             labels = self._labels_at(frame)
-            if self._tiling.enabled:
-                spec = self.manifest.input
-                for tile in frame_tiles(
-                    height, width, spec.height, spec.width, self._tiling.overlap
-                ):
-                    window = frame[tile.y : tile.y + tile.height, tile.x : tile.x + tile.width]
-                    tile_labels = self._labels_at(self._cupy.ascontiguousarray(window))
-                    merge_protected_on(labels, tile, tile_labels, self._protected)
+            spec = self.manifest.input
+            for tile in analysis_tiles(height, width, spec.height, spec.width, self._tiling):
+                window = frame[tile.y : tile.y + tile.height, tile.x : tile.x + tile.width]
+                tile_labels = self._labels_at(self._cupy.ascontiguousarray(window))
+                merge_protected_on(labels, tile, tile_labels, self._protected)
             return labels
 
     def _labels_at(self, frame: Any) -> Any:
