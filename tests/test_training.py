@@ -314,3 +314,45 @@ def test_evaluate_reports_each_model_with_and_without_zoomed_tiles(shared_data: 
     text = table({"ours": plain, "ours + tiles": tiled})
     assert text.splitlines()[0] == "| metric | ours | ours + tiles |"
     assert f"| iou/person/camvid | {plain['iou/person/camvid']:.3f} |" in text
+
+
+def test_blend_mixes_every_weight_and_refuses_other_architectures(shared_data: Path,
+                                                                   tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    from daemon.analysis.onnx_backend import OnnxAnalyzer
+    from training.export import write_manifest
+    from training.soup import blend
+
+    # a "fine-tuned" copy: every float weight moved by a known, weight-sized amount
+    model = onnx.load(str(OUR_MODEL))
+    rng = np.random.default_rng(0)
+    originals = {}
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if np.issubdtype(array.dtype, np.floating):
+            originals[init.name] = array
+            moved = array + (0.2 * np.abs(array).mean() * rng.standard_normal(array.shape)
+                             ).astype(array.dtype)
+            init.CopyFrom(numpy_helper.from_array(moved, init.name))
+    tuned = tmp_path / "tuned.onnx"
+    onnx.save(model, str(tuned))
+    moved = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert len(originals) > 100
+
+    for weight in (0.0, 0.25, 1.0):
+        out = tmp_path / f"blend{weight}.onnx"
+        assert blend(OUR_MODEL, tuned, weight, out) == (513, False)
+        mixed = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
+        for name, array in originals.items():
+            expected = (1 - weight) * array.astype(np.float64) + weight * moved[name]
+            assert np.allclose(mixed[name], expected, atol=1e-6), name
+    # the blend is a model the daemon loads and runs, with its manifest
+    out = tmp_path / "blend0.25.onnx"
+    analyzer = OnnxAnalyzer(out, load_manifest(write_manifest(out, "blend")), threads=1)
+    assert analyzer.labels(np.zeros((360, 480, 3), np.uint8)).shape == (360, 480)
+    with pytest.raises(ValueError, match="same architecture"):
+        blend(OUR_MODEL, ENGINES / "deeplabv3_mnv2_voc_257.onnx", 0.5, tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        blend(OUR_MODEL, tuned, 1.5, tmp_path / "x.onnx")

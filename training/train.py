@@ -69,6 +69,9 @@ class TrainConfig:
     plate_repeat: int = 2  # plates are 557 images against 1,238 person images
     plate_weight: float = 1.0  # loss weight of labelled plate pixels
     small_object_repeat: int = 1  # CamVid (small distant people) images per epoch: N x
+    # random scale of CamVid crops (the daemon's view is 1.0: 480 x 360 stretched to 513 x 513)
+    small_object_scale_min: float = 1.0
+    small_object_scale_max: float = 2.0
     aspp_channels: int = 256
     decoder_channels: int = 128
     backbone: str = "mnv2"  # "mnv2" (torchvision, width 1.0) or "mnv2_050" (the reference's)
@@ -221,12 +224,13 @@ def save(path: Path, model: DeepLabV3Plus, optimizer: torch.optim.Optimizer, con
 
 
 def run(config: TrainConfig, out: Path, resume: bool, device: torch.device,
-        checkpoint_every: int, workers: int, limit: int = 0) -> None:
+        checkpoint_every: int, workers: int, limit: int = 0, keep_epochs: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = Path(config.data)
     person_plate = read_split(data, "train")
     plates = [s for s in person_plate if s.kind == "plate"]
-    aug = AugmentConfig(size=config.crop)
+    aug = AugmentConfig(size=config.crop, small_object_scale=(config.small_object_scale_min,
+                                                              config.small_object_scale_max))
     small = [s for s in person_plate if s.source in aug.small_object_sources]
     pool = (person_plate + plates * (config.plate_repeat - 1)
             + small * (config.small_object_repeat - 1))
@@ -295,6 +299,9 @@ def run(config: TrainConfig, out: Path, resume: bool, device: torch.device,
             best = current
             save(out / "best.pt", model, optimizer, config, step, best, metrics, per_epoch)
         save(out / "last.pt", model, optimizer, config, step, best, metrics, per_epoch)
+        if keep_epochs:
+            save(out / f"epoch{epoch + 1}.pt", model, optimizer, config, step, best, metrics,
+                 per_epoch)
         shown = " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()))
         log.info("epoch %d step %d loss %.4f (%.0f s) val %s", epoch + 1, step,
                  float(np.mean(losses)) if losses else math.nan, time.monotonic() - started,
@@ -332,6 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=25, help="steps")
     parser.add_argument("--limit", type=int, default=0,
                         help="smoke run: at most N images (pass it again with --resume)")
+    parser.add_argument("--keep-epochs", action="store_true",
+                        help="also keep each epoch's checkpoint as <out>/epochN.pt")
     parser.add_argument("--schedule-epochs", type=int, default=0,
                         help="with --resume: new total epochs of the poly schedule")
     parser.add_argument("--schedule-steps", type=int, default=0,
@@ -359,7 +368,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.schedule_steps:
             config.steps = args.schedule_steps
     log.info("training on %s: %s", device, config)
-    run(config, args.out, args.resume, device, args.checkpoint_every, args.workers, args.limit)
+    run(config, args.out, args.resume, device, args.checkpoint_every, args.workers, args.limit,
+        args.keep_epochs)
 
 
 if __name__ == "__main__":
