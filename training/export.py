@@ -170,12 +170,13 @@ person"; `python -m training.data --hints`). The loss is -log of the probability
 {settings}
 
 Augmentation (`training/data.py`): every image first stretched to {size} x {size} as the daemon
-feeds it, then random scale in [0.5, 2.0] (CamVid: [1.0, 2.0], so its small pedestrians are
-seen at the daemon's scale or larger), random horizontal flip, random {crop} x {crop} crop (half of
-the crops centred near a labelled foreground pixel, as plates cover ~1 % of a frame), padded with
-the mean colour / ignore. Plate images are repeated {plate_repeat}x per epoch{small}. SGD, momentum
-{momentum}, weight decay {wd}, "poly" learning rate from {lr} (power {power}), batch {batch},
-{steps} steps in all (epochs of {per_epoch} steps), {init}.
+feeds it, then random scale in [0.5, 2.0] (CamVid: [{small_min:g}, {small_max:g}], around the
+daemon's scale of 1, so its small pedestrians are not shrunk away), random horizontal flip,
+random {crop} x {crop} crop (half of the crops centred near a labelled foreground pixel, as
+plates cover ~1 % of a frame), padded with the mean colour / ignore. Plate images are
+repeated {plate_repeat}x per epoch{small}. SGD, momentum {momentum}, weight decay {wd},
+"poly" learning rate from {lr} (power {power}), batch {batch}, {steps} steps in all (epochs
+of {per_epoch} steps), {init}.
 
 ## Measured (val split, through the daemon's ONNX Runtime analyzer)
 
@@ -210,7 +211,8 @@ def write_card(onnx_path: Path, name: str, state: dict, evaluation: str, notes: 
         plate_repeat=config["plate_repeat"],
         small=(f", CamVid images {config['small_object_repeat']}x"
                if config.get("small_object_repeat", 1) > 1 else ""),
-        momentum=config["momentum"],
+        small_min=config.get("small_object_scale_min", 1.0),
+        small_max=config.get("small_object_scale_max", 2.0), momentum=config["momentum"],
         wd=config["weight_decay"], lr=config["lr"], power=config["power"], batch=config["batch"],
         steps=state["step"], epochs=config["epochs"], per_epoch=per_epoch,
         evaluation=evaluation.strip(), notes=notes.strip())
