@@ -356,3 +356,21 @@ def test_blend_mixes_every_weight_and_refuses_other_architectures(shared_data: P
         blend(OUR_MODEL, ENGINES / "deeplabv3_mnv2_voc_257.onnx", 0.5, tmp_path / "x.onnx")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         blend(OUR_MODEL, tuned, 1.5, tmp_path / "x.onnx")
+
+
+def test_model_card_states_the_run_settings(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from dataclasses import asdict
+
+    from training.export import write_card
+    from training.train import TrainConfig
+
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"not read for the card, only hashed and sized")
+    config = TrainConfig(backbone="mnv2_050", small_object_repeat=3, small_object_scale_min=0.9,
+                         small_object_scale_max=1.5, lr=0.001)
+    card = write_card(onnx_path, "m", {"config": asdict(config), "step": 2220, "per_epoch": 444},
+                      "| metric | m |", "notes here", output_stride=8).read_text()
+    assert "CamVid: [0.9, 1.5]" in card and "per epoch, CamVid images 3x" in card
+    assert "width 0.5, output stride\n8" in card and "from 0.001" in card
+    assert "2220 steps in all" in card and card.rstrip().endswith("notes here")
