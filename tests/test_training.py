@@ -82,6 +82,32 @@ def test_partial_labels_never_call_the_other_class_background() -> None:
     assert partial_label_loss(plate_logits, away) > 10.0
 
 
+def test_small_people_weigh_more_in_the_loss() -> None:
+    torch = pytest.importorskip("torch")
+    from training.data import allowed_classes, partial_label_loss, small_object_weight
+
+    mask = np.zeros((1, 120, 120), np.uint8)
+    mask[0, 5:15, 5:15] = 1  # 100 px person: sqrt(4096 / 100) = 6.4, clipped to 4
+    mask[0, 20:50, 5:35] = 1  # 900 px person: sqrt(4096 / 900) = 2.13
+    mask[0, 40:120, 40:120] = 1  # 6,400 px person: 1
+    mask[0, 0:4, 100:104] = 2  # a small plate: not the weighted class
+    weight = small_object_weight(torch.from_numpy(mask), 1, 4096, 4.0)[0].numpy()
+    assert weight[10, 10] == 4.0
+    assert weight[30, 20] == pytest.approx(np.sqrt(4096 / 900))
+    assert weight[80, 80] == 1.0 and weight[2, 102] == 1.0 and weight[0, 60] == 1.0
+    # one small person all wrong, the large one all right: the weight makes the miss cost more
+    masks = torch.from_numpy(mask)
+    allowed = allowed_classes(masks, ["person"])
+    logits = torch.zeros(1, 3, 120, 120)
+    logits[0, 0] = 5.0
+    logits[0, 1, 40:, 40:] = 10.0
+    plain = partial_label_loss(logits, allowed)
+    weighted = partial_label_loss(logits, allowed, pixel_weight=torch.from_numpy(weight)[None])
+    assert weighted > 1.5 * plain
+    ones = torch.ones(1, 120, 120)
+    assert partial_label_loss(logits, allowed, pixel_weight=ones) == pytest.approx(float(plain))
+
+
 def test_two_training_steps_lower_the_loss(shared_data: Path) -> None:
     torch = pytest.importorskip("torch")
     from training.data import allowed_classes, partial_label_loss

@@ -34,6 +34,7 @@ from training.data import (
     load_pair,
     partial_label_loss,
     read_split,
+    small_object_weight,
     to_tensor,
 )
 from training.model import DeepLabV3Plus, load_imagenet_backbone, model_from_config
@@ -72,6 +73,10 @@ class TrainConfig:
     # random scale of CamVid crops (the daemon's view is 1.0: 480 x 360 stretched to 513 x 513)
     small_object_scale_min: float = 1.0
     small_object_scale_max: float = 2.0
+    # person pixels of blobs under small_person_area (crop pixels) weigh up to this much more
+    # (sqrt of the area ratio; 1: plain pixel mean)
+    small_person_weight: float = 1.0
+    small_person_area: int = 4096
     aspp_channels: int = 256
     decoder_channels: int = 128
     backbone: str = "mnv2"  # "mnv2" (torchvision, width 1.0) or "mnv2_050" (the reference's)
@@ -156,13 +161,13 @@ def poly_lr(base: float, step: int, total: int, power: float) -> float:
 
 def train_step(model: DeepLabV3Plus, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                masks: torch.Tensor, kinds: list[str], class_weight: torch.Tensor | None,
-               device: torch.device) -> float:
+               device: torch.device, pixel_weight: torch.Tensor | None = None) -> float:
     """One SGD step on a batch; returns its loss."""
     model.train()
     allowed = allowed_classes(masks, kinds).to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = model(images.to(device))
-    loss = partial_label_loss(logits, allowed, class_weight)
+    loss = partial_label_loss(logits, allowed, class_weight, pixel_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -286,7 +291,12 @@ def run(config: TrainConfig, out: Path, resume: bool, device: torch.device,
             for group in optimizer.param_groups:
                 group["lr"] = (poly_lr(config.lr, step, total, config.power)
                                * group_factor(group, step, config.warmup_steps))
-            loss = train_step(model, optimizer, images, masks, kinds, class_weight, device)
+            pixel_weight = (small_object_weight(masks, CLASSES.index("person"),
+                                                config.small_person_area,
+                                                config.small_person_weight)
+                            if config.small_person_weight > 1.0 else None)
+            loss = train_step(model, optimizer, images, masks, kinds, class_weight, device,
+                              pixel_weight)
             losses.append(loss)
             step += 1
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{optimizer.param_groups[-1]['lr']:.5f}")
