@@ -194,10 +194,11 @@ project's shared 2-core CPU machine (other jobs running: an upper bound).
 
 
 def write_card(onnx_path: Path, name: str, state: dict, evaluation: str, notes: str,
-               size: int = INPUT_SIZE, output_stride: int = 16) -> Path:
+               size: int = INPUT_SIZE, output_stride: int = 16,
+               settings_label: str = "Training run settings (from the checkpoint)") -> Path:
     """engines/<name>.md: what the model is, its data and licences, training, measurements."""
     config = state["config"]
-    settings = "Training run settings (from the checkpoint): " + ", ".join(
+    settings = f"{settings_label}: " + ", ".join(
         f"`{k}={v}`" for k, v in config.items() if k not in ("extra", "data"))
     per_epoch = state.get("per_epoch", "?")
     init = config.get("init", "imagenet")
@@ -219,6 +220,15 @@ def write_card(onnx_path: Path, name: str, state: dict, evaluation: str, notes: 
     path = onnx_path.with_suffix(".md")
     path.write_text(text)
     return path
+
+
+def card_from_files(onnx_path: Path, name: str, state: dict, evaluation: Path | None,
+                    notes: Path | None, size: int, output_stride: int,
+                    settings_label: str = "Training run settings (from the checkpoint)") -> Path:
+    """`write_card` with the evaluation table and the notes read from Markdown files."""
+    return write_card(onnx_path, name, state,
+                      evaluation.read_text() if evaluation else "(not measured)",
+                      notes.read_text() if notes else "", size, output_stride, settings_label)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,11 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     export_onnx(model, onnx_path, args.size, args.dynamic)
     manifest = write_manifest(onnx_path, name, args.size, args.dynamic)
     if args.card:
-        evaluation = args.evaluation.read_text() if args.evaluation else "(not measured)"
-        notes = args.notes.read_text() if args.notes else ""
-        stride = model.backbone.output_stride
-        log.info("wrote %s", write_card(onnx_path, name, state, evaluation, notes, args.size,
-                                        stride))
+        log.info("wrote %s", card_from_files(onnx_path, name, state, args.evaluation,
+                                             args.notes, args.size,
+                                             model.backbone.output_stride))
     log.info("wrote %s (%.1f MB, step %d, val %s) and %s", onnx_path,
              onnx_path.stat().st_size / 1e6, state["step"], state.get("metrics"), manifest)
 

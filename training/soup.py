@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from training.data import INPUT_SIZE
-from training.export import write_manifest
+from training.export import card_from_files, write_manifest
 
 if TYPE_CHECKING:
     from onnx import GraphProto
@@ -74,11 +74,29 @@ def main(argv: list[str] | None = None) -> None:
                         help="share of the fine-tuned weights, 0..1")
     parser.add_argument("--name", required=True)
     parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--card", action="store_true",
+                        help="also write <out>/<name>.md (needs --checkpoint)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="the fine-tuned side's training checkpoint (settings for the card)")
+    parser.add_argument("--evaluation", type=Path, help="Markdown table from training.evaluate")
+    parser.add_argument("--notes", type=Path, help="Markdown appended to the card")
     args = parser.parse_args(argv)
+    if args.card and not args.checkpoint:
+        parser.error("--card needs --checkpoint")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = args.out / f"{args.name}.onnx"
     size, dynamic = blend(args.base, args.tuned, args.weight, out)
     log.info("wrote %s and %s", out, write_manifest(out, args.name, size, dynamic))
+    if args.card:
+        import torch
+
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        label = (f"A weight-space blend, {1 - args.weight:g} x `{args.base.name}` + "
+                 f"{args.weight:g} x its fine-tuned export (`python -m training.soup`); "
+                 "settings of the fine-tuned side's last run (from its checkpoint)")
+        log.info("wrote %s", card_from_files(out, args.name, state, args.evaluation, args.notes,
+                                             size, state["config"].get("output_stride", 16),
+                                             label))
 
 
 if __name__ == "__main__":
