@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from daemon.analysis import create_analyzer, load_manifest
+from daemon.analysis import Analyzer, create_analyzer, load_manifest
 from daemon.analysis.manifest import Manifest
 from daemon.analysis.onnx_backend import OnnxAnalyzer
 from daemon.analysis.tiling import analysis_tiles, frame_tiles, tile_origins
@@ -36,6 +36,8 @@ PERSON = 15
 # person recall 0.000 full-frame, 0.926 with tiles.
 PENNFUDAN = "pennfudan_PennPed00084"
 CAMVID_SMALL_PEOPLE = "camvid_0006R0_f02100"
+# CamVid val frames whose people are mostly under 32 x 32 px
+CAMVID_ZOOM_FRAMES = ("camvid_0006R0_f02160", "camvid_0006R0_f02400", "camvid_0006R0_f02550")
 
 
 def _config(**model: object) -> Config:
@@ -338,30 +340,34 @@ def test_zoomed_tiles_are_smaller_than_the_input_and_cover_a_small_frame() -> No
 
 
 def test_zoomed_tiles_find_small_pedestrians_on_a_small_camera(shared_data: Path) -> None:
-    """Our model on a 480 x 360 CamVid frame: native tiles cannot help (the frame is smaller
+    """Our model on 480 x 360 CamVid frames: native tiles cannot help (the frame is smaller
     than the 513 input); tiles at zoom 2 magnify the distant pedestrians."""
     ours = ENGINES / "deeplabv3plus_mnv2_person_plate_513.onnx"
 
-    def labels(tiling: TilingConfig) -> np.ndarray:
-        config = Config(model=ModelConfig(path=ours, device="cpu"),
-                        anonymize=("person", "license_plate"),
-                        analysis=AnalysisConfig(tiling=tiling))
-        return create_analyzer(config).labels(image)
+    def analyzer(tiling: TilingConfig) -> Analyzer:
+        return create_analyzer(Config(model=ModelConfig(path=ours, device="cpu"),
+                                      anonymize=("person", "license_plate"),
+                                      analysis=AnalysisConfig(tiling=tiling)))
 
-    image, mask = _person_pair(shared_data, CAMVID_SMALL_PEOPLE)
     person = load_manifest(ours.with_suffix(".manifest.yaml")).classes["person"]
-    single = labels(TilingConfig()) == person
-    native = labels(TilingConfig(enabled=True)) == person
-    zoomed = labels(TilingConfig(enabled=True, zoom=2.0)) == person
-    assert np.array_equal(native, single)
-    assert not (single & ~zoomed).any()  # a union: nothing the full pass found is lost
-    truth, scored = mask == 1, mask != 255
-    recall_single = (single & truth).sum() / truth.sum()
-    recall_zoomed = (zoomed & truth).sum() / truth.sum()
-    precision = (zoomed & truth).sum() / max(1, (zoomed & scored).sum())
-    # measured 0.205 -> 0.340 (the default model, CamVid val 0006R0_f02100)
-    assert recall_zoomed > recall_single + 0.1, (recall_single, recall_zoomed)
-    assert precision > 0.4, precision
+    single_pass, native_tiles = analyzer(TilingConfig()), analyzer(TilingConfig(enabled=True))
+    zoomed_tiles = analyzer(TilingConfig(enabled=True, zoom=2.0))
+    found_single = found_zoomed = truths = zoomed_scored = 0
+    for stem in CAMVID_ZOOM_FRAMES:  # pooled, so one frame's luck decides nothing
+        image, mask = _person_pair(shared_data, stem)
+        single = single_pass.labels(image) == person
+        zoomed = zoomed_tiles.labels(image) == person
+        assert np.array_equal(native_tiles.labels(image) == person, single)
+        assert not (single & ~zoomed).any()  # a union: nothing the full pass found is lost
+        truth = mask == 1
+        found_single += (single & truth).sum()
+        found_zoomed += (zoomed & truth).sum()
+        truths += truth.sum()
+        zoomed_scored += (zoomed & (mask != 255)).sum()
+    recall_single, recall_zoomed = found_single / truths, found_zoomed / truths
+    # measured 0.186 -> 0.732, precision 0.65 (the default model; the one before it: 0.229 -> 0.610)
+    assert recall_zoomed > recall_single + 0.3, (recall_single, recall_zoomed)
+    assert found_zoomed / zoomed_scored > 0.4, found_zoomed / zoomed_scored
 
 
 def test_tiling_finds_small_pedestrians(analyzer: OnnxAnalyzer, shared_data: Path) -> None:
