@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 DEFAULT_NAME = "deeplabv3plus_mnv2_person_plate_513"
+CHECKPOINT_SETTINGS = "Training run settings (from the checkpoint)"
 
 
 def load_checkpoint(path: Path, output_stride: int | None = None
@@ -195,7 +196,7 @@ project's shared 2-core CPU machine (other jobs running: an upper bound).
 
 def write_card(onnx_path: Path, name: str, state: dict, evaluation: str, notes: str,
                size: int = INPUT_SIZE, output_stride: int = 16,
-               settings_label: str = "Training run settings (from the checkpoint)") -> Path:
+               settings_label: str = CHECKPOINT_SETTINGS) -> Path:
     """engines/<name>.md: what the model is, its data and licences, training, measurements."""
     config = state["config"]
     settings = f"{settings_label}: " + ", ".join(
@@ -224,7 +225,7 @@ def write_card(onnx_path: Path, name: str, state: dict, evaluation: str, notes: 
 
 def card_from_files(onnx_path: Path, name: str, state: dict, evaluation: Path | None,
                     notes: Path | None, size: int, output_stride: int,
-                    settings_label: str = "Training run settings (from the checkpoint)") -> Path:
+                    settings_label: str = CHECKPOINT_SETTINGS) -> Path:
     """`write_card` with the evaluation table and the notes read from Markdown files."""
     return write_card(onnx_path, name, state,
                       evaluation.read_text() if evaluation else "(not measured)",

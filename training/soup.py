@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from training.data import INPUT_SIZE
-from training.export import card_from_files, write_manifest
+from training.export import card_from_files, load_checkpoint, write_manifest
 
 if TYPE_CHECKING:
     from onnx import GraphProto
@@ -88,15 +88,12 @@ def main(argv: list[str] | None = None) -> None:
     size, dynamic = blend(args.base, args.tuned, args.weight, out)
     log.info("wrote %s and %s", out, write_manifest(out, args.name, size, dynamic))
     if args.card:
-        import torch
-
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        model, state = load_checkpoint(args.checkpoint)
         label = (f"A weight-space blend, {1 - args.weight:g} x `{args.base.name}` + "
                  f"{args.weight:g} x its fine-tuned export (`python -m training.soup`); "
                  "settings of the fine-tuned side's last run (from its checkpoint)")
         log.info("wrote %s", card_from_files(out, args.name, state, args.evaluation, args.notes,
-                                             size, state["config"].get("output_stride", 16),
-                                             label))
+                                             size, model.backbone.output_stride, label))
 
 
 if __name__ == "__main__":

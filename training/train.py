@@ -12,6 +12,7 @@ import argparse
 import csv
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -310,8 +311,7 @@ def run(config: TrainConfig, out: Path, resume: bool, device: torch.device,
             save(out / "best.pt", model, optimizer, config, step, best, metrics, per_epoch)
         save(out / "last.pt", model, optimizer, config, step, best, metrics, per_epoch)
         if keep_epochs:
-            save(out / f"epoch{epoch + 1}.pt", model, optimizer, config, step, best, metrics,
-                 per_epoch)
+            shutil.copyfile(out / "last.pt", out / f"epoch{epoch + 1}.pt")
         shown = " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()))
         log.info("epoch %d step %d loss %.4f (%.0f s) val %s", epoch + 1, step,
                  float(np.mean(losses)) if losses else math.nan, time.monotonic() - started,
