@@ -18,7 +18,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from daemon.analysis import create_analyzer
 from daemon.analysis.onnx_backend import OnnxAnalyzer
 from daemon.analysis.tiling import frame_tiles
 from daemon.analysis.upsample import (
@@ -26,6 +25,7 @@ from daemon.analysis.upsample import (
     upsampled_argmax_opencv,
     upsampled_nearest,
 )
+from daemon.backends import open_backend
 from daemon.config import AnalysisConfig, Config, ModelConfig, TilingConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def _analyzer(threads: int, tiling: bool) -> OnnxAnalyzer:
         model=ModelConfig(path=MODEL, device="cpu", threads=threads),
         analysis=AnalysisConfig(tiling=TilingConfig(enabled=tiling)),
     )
-    analyzer = create_analyzer(config)
+    analyzer = open_backend(config).analyzer
     if not isinstance(analyzer, OnnxAnalyzer):
         raise TypeError(f"expected the ONNX Runtime analyzer, got {type(analyzer).__name__}")
     return analyzer

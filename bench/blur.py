@@ -39,12 +39,14 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
 
 def pedestrian_frame() -> tuple[np.ndarray, np.ndarray, int]:
     """The clip frame (of 8 sampled) with the most person pixels, and its labels, at 1080p."""
-    from daemon.analysis import class_ids, create_analyzer
+    from daemon.analysis import class_ids
     from daemon.configfile import load_config
     from daemon.media.video_reader import VideoReader
 
     config = load_config(None)
-    analyzer = create_analyzer(config)
+    from daemon.backends import open_backend
+
+    analyzer = open_backend(config).analyzer
     person = class_ids(analyzer.manifest, ["person"])[0]
     best = None
     with VideoReader(CLIP) as reader:

@@ -37,10 +37,21 @@ class ModelConfig(FrozenModel):
     manifest: Path | None = Field(
         None, description="model manifest; default: the model path with .manifest.yaml"
     )
-    device: Literal["auto", "cpu", "gpu"] = Field(
-        "auto", description="auto: GPU when usable, else CPU (the reason is logged)"
+    device: Literal[
+        "auto", "cpu", "gpu", "tensorrt", "openvino", "openvino-gpu", "onnxruntime"
+    ] = Field(
+        "auto",
+        description="auto: the fastest usable backend (TensorRT on an NVIDIA GPU, else OpenVINO,"
+        " else ONNX Runtime; the reasons are logged); cpu: OpenVINO, else ONNX Runtime; gpu:"
+        " tensorrt; tensorrt, openvino, openvino-gpu (an Intel GPU), onnxruntime: that backend or"
+        " a start-up error saying why not",
     )
-    threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0: all cores")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="OpenVINO inference precision: auto: bf16 where the CPU has native BF16"
+        " (AVX512-BF16 or AMX), else fp32; ONNX Runtime always runs fp32, TensorRT fp16",
+    )
+    threads: int = Field(0, ge=0, le=256, description="inference threads on the CPU; 0: all cores")
     engine_cache: Path | None = Field(
         None,
         description="directory of cached TensorRT plans (device gpu); default: "
@@ -62,17 +73,22 @@ class ModelConfig(FrozenModel):
 
 
 class TilingConfig(FrozenModel):
-    enabled: bool = Field(False, description="also analyze overlapping native-resolution tiles")
+    enabled: bool = Field(True, description="also analyze overlapping tiles (multi-scale)")
     overlap: float = Field(
         0.25, ge=0.0, lt=0.9, description="fraction of a tile shared with its neighbour"
     )
-    zoom: float = Field(
-        1.0,
-        ge=1.0,
-        le=4.0,
-        description="tiles see the frame at this many times its native scale "
-        "(a tile covers input size / zoom frame pixels)",
+    zoom: float | Literal["auto"] = Field(
+        "auto",
+        description="tiles see the frame at this many times its native scale (a tile covers"
+        " input size / zoom frame pixels); auto: from the frame size, see tiling.auto_zoom",
     )
+
+    @field_validator("zoom")
+    @classmethod
+    def _zoom_range(cls, value: float | str) -> float | str:
+        if isinstance(value, float | int) and not 1.0 <= value <= 4.0:
+            raise ValueError(f"zoom must be 'auto' or a number from 1 to 4, got {value}")
+        return value
 
 
 class AnalysisConfig(FrozenModel):

@@ -12,12 +12,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from tqdm import tqdm
 
-from daemon.anonymizer.cpu import AnonymizedFrame, fail_closed_frame
+from daemon.anonymizer.cpu import fail_closed_frame
 from daemon.errors import AnonymizerError, ConfigError, EngineError
+from daemon.interfaces import Analyzer, Anonymizer
 from daemon.media.formats import media_kind
 from daemon.media.image import read_image, write_image
 from daemon.media.labels import LabelFolderWriter, unknown_labels, write_label_map
@@ -29,14 +30,6 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-
-
-class FrameAnalyzer(Protocol):
-    def labels(self, frame: Image) -> LabelMap: ...
-
-
-class FrameAnonymizer(Protocol):
-    def anonymize(self, frame: Image, labels: LabelMap) -> AnonymizedFrame: ...
 
 
 @dataclass(frozen=True)
@@ -110,16 +103,16 @@ def file_command(args: argparse.Namespace) -> int:
 
     Config, usage and model errors raise (the CLI prints them and exits 2) before any output.
     """
-    from daemon.analysis import class_ids, create_analyzer
-    from daemon.anonymizer import create_anonymizer
+    from daemon.analysis import class_ids
+    from daemon.backends import open_backend
     from daemon.configfile import load_config
 
     config = load_config(args.config)
     jobs = plan_jobs(args.inputs, args.output, save_masks=args.save_masks,
                      overwrite=args.overwrite)
-    analyzer = create_analyzer(config)  # once for every input
-    manifest = analyzer.manifest
-    anonymizer = create_anonymizer(analyzer, class_ids(manifest, config.anonymize), config.blur)
+    backend = open_backend(config)  # once for every input
+    analyzer = backend.analyzer
+    anonymizer = backend.anonymizer(class_ids(analyzer.manifest, config.anonymize), config.blur)
     options = FileOptions(
         fail_closed=config.blur.fail_closed,
         crf=args.crf,
@@ -129,7 +122,7 @@ def file_command(args: argparse.Namespace) -> int:
     )
     make_output_dirs(jobs)
     reports = run_files(jobs, analyzer, anonymizer, options)
-    names = {class_id: name for name, class_id in manifest.classes.items()}
+    names = {class_id: name for name, class_id in analyzer.manifest.classes.items()}
     print(format_summary(reports, names), flush=True)
     return exit_status(reports)
 
@@ -226,8 +219,8 @@ class FrameGuard:
 
     def __init__(
         self,
-        analyzer: FrameAnalyzer,
-        anonymizer: FrameAnonymizer,
+        analyzer: Analyzer,
+        anonymizer: Anonymizer,
         style: Literal["blur", "black"],
         source: Path,
     ) -> None:
@@ -261,8 +254,8 @@ class FrameGuard:
 
 def run_files(
     jobs: Sequence[FileJob],
-    analyzer: FrameAnalyzer,
-    anonymizer: FrameAnonymizer,
+    analyzer: Analyzer,
+    anonymizer: Anonymizer,
     options: FileOptions,
 ) -> list[InputReport]:
     """Anonymize every job in turn; a failed input is reported and the next one still runs."""
@@ -270,7 +263,7 @@ def run_files(
 
 
 def _run_one(
-    job: FileJob, analyzer: FrameAnalyzer, anonymizer: FrameAnonymizer, options: FileOptions
+    job: FileJob, analyzer: Analyzer, anonymizer: Anonymizer, options: FileOptions
 ) -> InputReport:
     started = time.perf_counter()
     guard = FrameGuard(analyzer, anonymizer, options.fail_closed, job.source)

@@ -145,9 +145,15 @@ class Metrics:
             "frames_dropped_total", "frames dropped, by stage (ingest, stale, output)",
             ["camera", "stage"])
         self.analysis_seconds = Histogram(
-            "analysis_latency_seconds", "time of one analyzer call", ["camera"])
+            "analysis_latency_seconds", "time of one analyzer pass (one region of the plan)",
+            ["camera"])
         self.analyses = Counter(
-            "analyses_total", "analyzer calls, by result (ok, error)", ["camera", "result"])
+            "analyses_total", "analyzer passes (one region each), by result (ok, error)",
+            ["camera", "result"])
+        self.analysis_cycles = Counter(
+            "analysis_cycles_total",
+            "complete multi-scale analyses: every region of the plan (full frame and tiles)"
+            " analyzed once more", ["camera"])
         self.objects = Counter(
             "objects_total", "objects blurred in published frames, by class", ["camera", "class"])
         self.reconnects = Counter("reconnects_total", "camera reconnects", ["camera"])
@@ -155,8 +161,8 @@ class Metrics:
         self.up = Gauge("camera_up", "1 while the camera publishes anonymized frames", ["camera"])
         self.families: list[_Family] = [
             self.frames_in, self.published_anonymized, self.published_fail_closed, self.dropped,
-            self.analysis_seconds, self.analyses, self.objects, self.reconnects, self.viewers,
-            self.up,
+            self.analysis_seconds, self.analyses, self.analysis_cycles, self.objects,
+            self.reconnects, self.viewers, self.up,
         ]
 
     def forget_camera(self, camera: str) -> None:

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from daemon.analysis.multiscale import MultiScaleAnalyzer
+
 # The "sensitive region": a checkerboard square painted into every frame of a marked clip. A raw
 # frame shows it; anonymized or fail-closed frames never do.
 MARK_BOX = (48, 48, 96, 96)  # x, y, w, h
@@ -162,18 +164,21 @@ class FfmpegClient:
         return (len(times) - 1) / (times[-1] - times[0])
 
 
-class FakeAnalyzer:
-    """The analyzer seam, faked: MARK_BOX is a person; files in `control` make it misbehave
-    (`fail`: raise EngineError; `slow`: sleep that many seconds per call)."""
+class FakeAnalyzer(MultiScaleAnalyzer):
+    """The analyzer seam, faked (one full-frame region, no tiles): MARK_BOX is a person;
+    files in `control` make it misbehave (`fail`: raise EngineError; `slow`: sleep that many
+    seconds per call)."""
+
+    backend = "fake (tests)"
 
     def __init__(self, manifest, control: Path) -> None:
         from daemon.analysis import class_ids
 
-        self.manifest = manifest
+        super().__init__(manifest, None, ())
         self._person = class_ids(manifest, ["person"])[0]
         self._control = control
 
-    def labels(self, frame):
+    def _pass(self, image):
         import numpy as np
 
         from daemon.errors import EngineError
@@ -183,7 +188,7 @@ class FakeAnalyzer:
         slow = self._control / "slow"
         if slow.exists():
             time.sleep(float(slow.read_text() or "2"))
-        labels = np.zeros(frame.shape[:2], np.uint8)
+        labels = np.zeros(image.shape[:2], np.uint8)
         x, y, w, h = MARK_BOX
         labels[y:y + h, x:x + w] = self._person
         time.sleep(0.03)  # about the real model's cost
@@ -191,7 +196,8 @@ class FakeAnalyzer:
 
 
 class MarkedAnalyzer:
-    """The real analyzer, with MARK_BOX added as a person (the soak's sensitive region)."""
+    """The real analyzer (its plan, tiles and all), with MARK_BOX added as a person (the
+    soak's sensitive region) in every region that overlaps it."""
 
     def __init__(self, real) -> None:
         from daemon.analysis import class_ids
@@ -200,10 +206,23 @@ class MarkedAnalyzer:
         self._real = real
         self._person = class_ids(real.manifest, ["person"])[0]
 
+    def plan(self, height, width):
+        return self._real.plan(height, width)
+
     def labels(self, frame):
         labels = self._real.labels(frame)
         x, y, w, h = MARK_BOX
         labels[y:y + h, x:x + w] = self._person
+        return labels
+
+    def region_labels(self, frame, region):
+        labels = self._real.region_labels(frame, region)
+        x, y, w, h = MARK_BOX
+        top, left = max(y - region.y, 0), max(x - region.x, 0)
+        bottom = min(y + h - region.y, region.height)
+        right = min(x + w - region.x, region.width)
+        if top < bottom and left < right:
+            labels[top:bottom, left:right] = self._person
         return labels
 
 
@@ -211,16 +230,20 @@ def run_daemon_with_fake_analyzer(control: Path, argv: list[str]) -> int:
     """`anonymizer ARGV` in this process with the analyzer replaced by FakeAnalyzer."""
     from daemon import cli
     from daemon.analysis import load_manifest
+    from daemon.anonymizer.cpu import CpuAnonymizer
+    from daemon.backends import Backend
     from daemon.service import supervisor
 
-    real_create = supervisor.create_analyzer
+    real_open = supervisor.open_backend
 
     def fake(config):
         if (control / "real").exists():  # the real model, plus MARK_BOX always a person
-            return MarkedAnalyzer(real_create(config))
-        return FakeAnalyzer(load_manifest(config.model.manifest_path), control)
+            real = real_open(config)
+            return Backend("marked", MarkedAnalyzer(real.analyzer), real.anonymizer)
+        analyzer = FakeAnalyzer(load_manifest(config.model.manifest_path), control)
+        return Backend("fake", analyzer, CpuAnonymizer)
 
-    supervisor.create_analyzer = fake
+    supervisor.open_backend = fake
     return cli.main(argv)
 
 

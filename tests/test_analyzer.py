@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import logging
 from pathlib import Path
 
 import cv2
@@ -12,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from daemon.analysis import Analyzer, create_analyzer, load_manifest
+from daemon.analysis import load_manifest
 from daemon.analysis.manifest import Manifest
 from daemon.analysis.onnx_backend import OnnxAnalyzer
 from daemon.analysis.tiling import analysis_tiles, frame_tiles, tile_origins
@@ -22,8 +21,10 @@ from daemon.analysis.upsample import (
     upsampled_argmax_opencv,
     upsampled_argmax_reference,
 )
+from daemon.backends import open_backend
 from daemon.config import AnalysisConfig, Config, ModelConfig, TilingConfig
-from daemon.errors import BackendUnavailable, ConfigError, EngineError, ModelError
+from daemon.errors import ConfigError, EngineError, ModelError
+from daemon.interfaces import Analyzer
 
 ENGINES = Path(__file__).resolve().parents[1] / "engines"
 MODEL = ENGINES / "deeplabv3_mnv2_voc_257.onnx"
@@ -40,14 +41,19 @@ CAMVID_SMALL_PEOPLE = "camvid_0006R0_f02100"
 CAMVID_ZOOM_FRAMES = ("camvid_0006R0_f02160", "camvid_0006R0_f02400", "camvid_0006R0_f02550")
 
 
+SINGLE_PASS = AnalysisConfig(tiling=TilingConfig(enabled=False))
+
+
 def _config(**model: object) -> Config:
+    """The reference model, one full-frame pass per frame (tiling off)."""
     return Config(model=ModelConfig(path=MODEL, **model),  # type: ignore[arg-type]
-                  anonymize=REFERENCE_CLASSES)
+                  anonymize=REFERENCE_CLASSES, analysis=SINGLE_PASS)
 
 
 def _cpu_config(path: Path) -> Config:
-    """A CPU config for a copy of the reference model (blurring its person class)."""
-    return Config(model=ModelConfig(path=path, device="cpu"), anonymize=REFERENCE_CLASSES)
+    """An ONNX Runtime config for a copy of the reference model (its person class, one pass)."""
+    return Config(model=ModelConfig(path=path, device="onnxruntime"), anonymize=REFERENCE_CLASSES,
+                  analysis=SINGLE_PASS)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +63,7 @@ def manifest() -> Manifest:
 
 @pytest.fixture(scope="module")
 def analyzer() -> OnnxAnalyzer:
-    built = create_analyzer(_config(device="cpu"))
+    built = open_backend(_config(device="onnxruntime")).analyzer
     assert isinstance(built, OnnxAnalyzer)
     return built
 
@@ -109,7 +115,7 @@ def _derived_model(
 def test_non_onnx_file_is_a_model_error(tmp_path: Path) -> None:
     path = _install(tmp_path, b"this is a JPEG, honestly\n" * 40, _unhashed())
     with pytest.raises(ModelError) as caught:
-        create_analyzer(_cpu_config(path))
+        open_backend(_cpu_config(path))
     message = str(caught.value)
     assert message.startswith(f"model {path}: not a loadable ONNX model: ")
     assert "\n" not in message and "Traceback" not in message
@@ -118,7 +124,7 @@ def test_non_onnx_file_is_a_model_error(tmp_path: Path) -> None:
 def test_sha256_mismatch_is_a_model_error(tmp_path: Path) -> None:
     path = _install(tmp_path, b"not the reference model", _manifest_text())
     with pytest.raises(ModelError, match=r"sha256 is [0-9a-f]{64}, manifest .* says e397dd"):
-        create_analyzer(_cpu_config(path))
+        open_backend(_cpu_config(path))
 
 
 def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
@@ -153,7 +159,7 @@ def test_manifest_disagreeing_with_onnx_is_a_model_error(
 ) -> None:
     path = _install(tmp_path, MODEL.read_bytes(), _unhashed(**replace))
     with pytest.raises(ModelError) as caught:
-        create_analyzer(_cpu_config(path))
+        open_backend(_cpu_config(path))
     assert expected in str(caught.value)
     assert "\n" not in str(caught.value)
 
@@ -168,30 +174,14 @@ def test_model_emitting_nan_fails_its_warm_up(tmp_path: Path) -> None:
         _unhashed(**{"  name: ResizeBilinear_3": "  name: poisoned"}),
     )
     with pytest.raises(ModelError, match="warm-up run failed: model output has NaN"):
-        create_analyzer(_cpu_config(path))
-
-
-# --- backend selection --------------------------------------------------------------------
-
-
-def test_gpu_device_is_unavailable_with_the_reason() -> None:
-    with pytest.raises(BackendUnavailable, match=r"^model\.device is gpu: "):
-        create_analyzer(_config(device="gpu"))
-
-
-def test_auto_device_logs_why_not_gpu(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="daemon.analysis"):
-        chosen = create_analyzer(_config(device="auto"))
-    assert isinstance(chosen, OnnxAnalyzer)
-    reasons = [r for r in caplog.records if r.name == "daemon.analysis"]
-    assert [r.levelno for r in reasons] == [logging.INFO]
-    assert "GPU unavailable: " in reasons[0].getMessage()
+        open_backend(_cpu_config(path))
 
 
 def test_unknown_anonymize_class_is_a_model_error() -> None:
-    config = Config(model=ModelConfig(path=MODEL, device="cpu"), anonymize=("license_plate",))
+    config = Config(model=ModelConfig(path=MODEL, device="onnxruntime"),
+                    anonymize=("license_plate",))
     with pytest.raises(ModelError, match="has no class 'license_plate'; it knows: background,"):
-        create_analyzer(config)
+        open_backend(config)
 
 
 def test_tiling_without_classes_to_protect_is_refused(manifest: Manifest) -> None:
@@ -230,14 +220,14 @@ def test_labels_output_model_is_upsampled_nearest(tmp_path: Path, shared_data: P
             **{"kind: logits": "kind: labels", "  name: ResizeBilinear_3": "  name: classes"}
         ),
     )
-    ids_model = create_analyzer(_cpu_config(path))
+    ids_model = open_backend(_cpu_config(path)).analyzer
     image = cv2.imread(str(shared_data / "stills" / "messi5.jpg"))
     labels = ids_model.labels(image)
     assert labels.shape == image.shape[:2] and labels.dtype == np.uint8
     small = cv2.resize(image, (257, 257), interpolation=cv2.INTER_LINEAR)
     assert np.array_equal(ids_model.labels(small), ids_model.infer(small)[0].astype(np.uint8))
     # nearest upsampling of the same argmax: agrees with the logits path except along edges
-    logits_model = create_analyzer(_config(device="cpu"))
+    logits_model = open_backend(_config(device="onnxruntime")).analyzer
     assert (labels == logits_model.labels(image)).mean() > 0.98
 
 
@@ -327,9 +317,9 @@ def test_tiles_cover_the_frame_with_overlap(height: int, width: int) -> None:
 
 
 def test_zoomed_tiles_are_smaller_than_the_input_and_cover_a_small_frame() -> None:
-    native, zoomed = TilingConfig(enabled=True), TilingConfig(enabled=True, zoom=2.0)
+    native, zoomed = TilingConfig(enabled=True, zoom=1.0), TilingConfig(enabled=True, zoom=2.0)
     assert analysis_tiles(360, 480, 513, 513, native) == []  # the frame fits one input
-    assert analysis_tiles(360, 480, 513, 513, TilingConfig(zoom=2.0)) == []  # tiling off
+    assert analysis_tiles(360, 480, 513, 513, TilingConfig(enabled=False, zoom=2.0)) == []
     tiles = analysis_tiles(360, 480, 513, 513, zoomed)
     assert {(t.height, t.width) for t in tiles} == {(256, 256)}
     covered = np.zeros((360, 480), dtype=np.int32)
@@ -345,12 +335,13 @@ def test_zoomed_tiles_find_small_pedestrians_on_a_small_camera(shared_data: Path
     ours = ENGINES / "deeplabv3plus_mnv2_person_plate_513.onnx"
 
     def analyzer(tiling: TilingConfig) -> Analyzer:
-        return create_analyzer(Config(model=ModelConfig(path=ours, device="cpu"),
+        return open_backend(Config(model=ModelConfig(path=ours, device="onnxruntime"),
                                       anonymize=("person", "license_plate"),
-                                      analysis=AnalysisConfig(tiling=tiling)))
+                                      analysis=AnalysisConfig(tiling=tiling))).analyzer
 
     person = load_manifest(ours.with_suffix(".manifest.yaml")).classes["person"]
-    single_pass, native_tiles = analyzer(TilingConfig()), analyzer(TilingConfig(enabled=True))
+    single_pass = analyzer(TilingConfig(enabled=False))
+    native_tiles = analyzer(TilingConfig(enabled=True, zoom=1.0))
     zoomed_tiles = analyzer(TilingConfig(enabled=True, zoom=2.0))
     found_single = found_zoomed = truths = zoomed_scored = 0
     for stem in CAMVID_ZOOM_FRAMES:  # pooled, so one frame's luck decides nothing
@@ -371,13 +362,13 @@ def test_zoomed_tiles_find_small_pedestrians_on_a_small_camera(shared_data: Path
 
 
 def test_tiling_finds_small_pedestrians(analyzer: OnnxAnalyzer, shared_data: Path) -> None:
-    tiled = create_analyzer(
+    tiled = open_backend(
         Config(
-            model=ModelConfig(path=MODEL, device="cpu"),
+            model=ModelConfig(path=MODEL, device="onnxruntime"),
             anonymize=REFERENCE_CLASSES,
-            analysis=AnalysisConfig(tiling=TilingConfig(enabled=True)),
+            analysis=AnalysisConfig(tiling=TilingConfig(enabled=True, zoom=1.0)),
         )
-    )
+    ).analyzer
     image, mask = _person_pair(shared_data, CAMVID_SMALL_PEOPLE)
     full, multi = analyzer.labels(image) == PERSON, tiled.labels(image) == PERSON
     assert multi.sum() >= full.sum()

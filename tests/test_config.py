@@ -77,7 +77,7 @@ def test_min_kernel_above_max_kernel_points_at_the_section(tmp_path: Path) -> No
 def test_tiling_zoom_out_of_range_names_key_and_line(tmp_path: Path) -> None:
     path = _write(tmp_path, "analysis:\n  tiling:\n    enabled: true\n    zoom: 0.5\n")
     assert _errors(path) == [
-        f"{path}:4:5: analysis.tiling.zoom: Input should be greater than or equal to 1"
+        f"{path}:4:5: analysis.tiling.zoom: zoom must be 'auto' or a number from 1 to 4, got 0.5"
     ]
 
 

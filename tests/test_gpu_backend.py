@@ -1,13 +1,13 @@
-"""Backend selection: `device: gpu` fails with the reason, `auto` falls back to the CPU and logs
-why, the CLI's build-engine reports it; cupy and tensorrt are imported only by the GPU backend."""
+"""GPU backend selection: `device: gpu` fails with the reason (auto's fallback is in
+test_backends), the CLI's build-engine reports it; cupy and tensorrt are imported only by the
+GPU backend."""
 
-import logging
 import subprocess
 import sys
 
 import pytest
 
-from daemon.analysis import create_analyzer
+from daemon.backends import open_backend
 from daemon.config import Config, ModelConfig
 from daemon.configfile import load_config
 from daemon.errors import BackendUnavailable
@@ -32,23 +32,13 @@ def config_for(device: str) -> Config:
 @pytest.mark.skipif(gpu_usable(), reason="a GPU is present: this checks the no-GPU path")
 def test_device_gpu_without_a_gpu_says_why():
     with pytest.raises(BackendUnavailable) as raised:
-        create_analyzer(config_for("gpu"))
+        open_backend(config_for("gpu"))
     message = str(raised.value)
     assert message.startswith("model.device is gpu: ")
     assert any(
         reason in message
         for reason in ("CuPy is not installed", "no usable CUDA driver", "no CUDA device")
     ), message
-
-
-def test_device_auto_falls_back_and_logs_the_reason(caplog):
-    with caplog.at_level(logging.INFO, logger="daemon.analysis"):
-        analyzer = create_analyzer(config_for("auto"))
-    if type(analyzer).__name__ == "TrtAnalyzer":
-        pytest.skip("this machine has a GPU and TensorRT: auto chose the GPU")
-    assert type(analyzer).__name__ == "OnnxAnalyzer"
-    lines = [r.getMessage() for r in caplog.records if "device auto" in r.getMessage()]
-    assert len(lines) == 1 and "GPU unavailable: " in lines[0], lines
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -71,12 +61,12 @@ def test_missing_cupy_is_named():
 def test_cpu_paths_never_import_cupy_or_tensorrt():
     done = run_python(
         "import sys\n"
-        "from daemon.analysis import create_analyzer\n"
+        "from daemon.backends import open_backend\n"
         "from daemon.configfile import load_config\n"
         "import daemon.cli, daemon.anonymizer.cpu\n"
         "c = load_config(None)\n"
         "c = c.model_copy(update={'model': c.model.model_copy(update={'device': 'cpu'})})\n"
-        "create_analyzer(c)\n"
+        "open_backend(c).analyzer\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('cupy', 'tensorrt',"
         " 'tensorrt_rtx', 'daemon')))\n"
     )
@@ -106,8 +96,9 @@ def test_engine_cache_setting_is_a_path():
     assert str(ModelConfig(engine_cache="/var/cache/x").engine_cache) == "/var/cache/x"
 
 
-def test_no_device_anonymizer_for_the_cpu_analyzer():
-    from daemon.gpu.backend import device_anonymizer_for
+def test_the_cpu_backend_pairs_the_cpu_anonymizer():
+    from daemon.anonymizer.cpu import CpuAnonymizer
 
-    analyzer = create_analyzer(config_for("cpu"))
-    assert device_anonymizer_for(analyzer, (15,), config_for("cpu").blur) is None
+    backend = open_backend(config_for("cpu"))
+    assert backend.name in ("openvino", "onnxruntime")
+    assert isinstance(backend.anonymizer((1,), config_for("cpu").blur), CpuAnonymizer)

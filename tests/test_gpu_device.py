@@ -75,14 +75,15 @@ def test_golden_vectors(device, golden_cases):
 @pytest.fixture(scope="module")
 def real_frame(shared_data):
     """A real street still with the reference model's person labels (ONNX Runtime, CPU)."""
-    from daemon.analysis import create_analyzer
     from daemon.configfile import load_config
 
     config = load_config(None)
     config = config.model_copy(update={"model": config.model.model_copy(update={"device": "cpu"})})
     image = cv2.imread(str(shared_data / "stills" / "deface_city.jpg"))
     frame = cv2.resize(image, (960, 540), interpolation=cv2.INTER_AREA)
-    return frame, create_analyzer(config).labels(frame)
+    from daemon.backends import open_backend
+
+    return frame, open_backend(config).analyzer.labels(frame)
 
 
 def test_real_frame_matches_the_oracle(device, real_frame):
@@ -152,13 +153,14 @@ def test_tensorrt_analyzer_matches_onnx_runtime(device, real_frame, tmp_path, re
         if request.config.getoption("--gpu"):
             pytest.fail("--gpu given but TensorRT is not installed (deselect with -k)")
         pytest.skip("TensorRT is not installed")
-    from daemon.analysis import create_analyzer
     from daemon.configfile import load_config
 
     frame, cpu_labels = real_frame
     config = load_config(None)
     model = config.model.model_copy(update={"device": "gpu", "engine_cache": tmp_path})
-    analyzer = create_analyzer(config.model_copy(update={"model": model}))
+    from daemon.backends import open_backend
+
+    analyzer = open_backend(config.model_copy(update={"model": model})).analyzer
     labels = analyzer.labels(frame)
     # FP16 inference and float resizing: labels may differ only along class boundaries.
     assert (labels == cpu_labels).mean() > 0.99

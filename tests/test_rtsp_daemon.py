@@ -388,7 +388,6 @@ def _closest(frame: np.ndarray, sources: list[np.ndarray]) -> int:
 @pytest.mark.slow
 def test_real_model_people_blurred_background_kept(street_feed: Path, shared_data: Path,
                                                    tmp_path: Path) -> None:
-    from daemon.analysis import create_analyzer
     from daemon.anonymizer import CpuAnonymizer
     from daemon.anonymizer.objects import dilate
     from daemon.configfile import load_config
@@ -433,7 +432,9 @@ def test_real_model_people_blurred_background_kept(street_feed: Path, shared_dat
     assert measured > 20, measured  # what one viewer decoded on a busy 2-core machine
     assert metric(text, "objects_total", camera="street", **{"class": "person"}) > 0
     config = load_config(None)
-    analyzer = create_analyzer(config)
+    from daemon.backends import open_backend
+
+    analyzer = open_backend(config).analyzer
     person = analyzer.manifest.classes["person"]
     anonymized = [analyzer.manifest.classes[name] for name in config.anonymize]
     anonymizer = CpuAnonymizer(anonymized, config.blur)

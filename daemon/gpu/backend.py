@@ -1,6 +1,6 @@
 """Opening the GPU backend: CuPy and a CUDA device, TensorRT, the engine; every failure a reason.
 
-`create_gpu_analyzer(config)` is what `daemon.analysis.create_analyzer` calls for `device: gpu`
+`create_gpu_analyzer(config)` is what `daemon.backends` opens for `device: tensorrt` (or gpu)
 (and tries first for `auto`). Any missing piece raises BackendUnavailable saying which.
 """
 
@@ -90,13 +90,3 @@ def create_gpu_anonymizer(
 
     device = device or open_device()
     return DeviceAnonymizer(class_ids, blur, device.kernels)
-
-
-def device_anonymizer_for(analyzer: Any, class_ids: Sequence[int], blur: BlurConfig) -> Any:
-    """A DeviceAnonymizer on the TensorRT analyzer's own device and stream, or None when the
-    analyzer is not the GPU one (then the CPU anonymizer is the one to use)."""
-    from daemon.gpu.tensorrt_backend import TrtAnalyzer
-
-    if not isinstance(analyzer, TrtAnalyzer):
-        return None
-    return create_gpu_anonymizer(class_ids, blur, analyzer.device)

@@ -12,22 +12,24 @@ from typing import Any
 import numpy as np
 
 from daemon.analysis.manifest import Manifest
-from daemon.analysis.tiling import analysis_tiles, protected_lookup
+from daemon.analysis.multiscale import MultiScaleAnalyzer
+from daemon.analysis.tiling import Tile
 from daemon.config import TilingConfig
-from daemon.errors import ConfigError, EngineError, ModelError
+from daemon.errors import EngineError, ModelError
 from daemon.gpu.analysis import (
     merge_protected_on,
     preprocess_on,
     upsampled_argmax_on,
     upsampled_nearest_on,
 )
-from daemon.types import Image, LabelMap, check_image
+from daemon.types import Image, LabelMap
 
 log = logging.getLogger(__name__)
 
 
-class TrtAnalyzer:
-    """`labels(frame)` from a TensorRT plan of a manifest-described model, on one GPU."""
+class TrtAnalyzer(MultiScaleAnalyzer):
+    """The analyzer from a TensorRT plan of a manifest-described model, on one GPU: the shared
+    multi-scale skeleton on CuPy arrays (one execution context, serialised by its lock)."""
 
     def __init__(
         self,
@@ -41,10 +43,7 @@ class TrtAnalyzer:
     ) -> None:
         """Load the plan on `device`, check its I/O against `manifest`, warm up. tiling and
         `protected` (class ids to anonymize, which win the tiles' merge) as for OnnxAnalyzer."""
-        self.manifest = manifest
-        self._tiling = tiling if tiling is not None else TilingConfig()
-        if self._tiling.enabled and not protected:
-            raise ConfigError("analysis.tiling needs the class ids to anonymize to merge tiles")
+        super().__init__(manifest, tiling, protected)
         self._trt = trt
         self._device = device
         self._cupy = device.cupy
@@ -66,7 +65,7 @@ class TrtAnalyzer:
             self._context.set_input_shape(self._input, (1, 3, spec.height, spec.width))
         cp = self._cupy
         with self._stream:
-            self._protected = cp.asarray(protected_lookup(tuple(protected)))
+            self._protected_on_device = cp.asarray(self._protected_table)
             self._tensor = cp.empty((1, 3, spec.height, spec.width), dtype=cp.float32)
             self._inbuf = self._buffer(self._input)
             self._outbuf = self._buffer(self._output)
@@ -82,8 +81,8 @@ class TrtAnalyzer:
             self.labels(blank)
         except EngineError as exc:
             raise ModelError(f"plan {plan}: warm-up run failed: {exc}") from exc
-        log.info("analyzer ready: TensorRT %s, model %s, plan %s", trt.__version__,
-                 manifest.name, plan.name)
+        self.backend = f"TensorRT {trt.__version__} ({device.identity.name}, fp16)"
+        log.info("analyzer ready: %s, model %s, plan %s", self.describe, manifest.name, plan.name)
 
     @property
     def device(self) -> Any:
@@ -96,31 +95,26 @@ class TrtAnalyzer:
         return self._cupy.empty(shape, dtype=dtype)
 
     def labels(self, frame: Image) -> LabelMap:
-        """H x W class ids for an H x W x 3 BGR frame; EngineError on any failure."""
-        try:
-            check_image(frame)
-        except ValueError as exc:
-            raise EngineError(str(exc)) from exc
         with self._stream:
-            labels = self.labels_on_device(self._cupy.asarray(frame))
-            return labels.get()
+            return super().labels(frame)
 
-    def labels_on_device(self, frame: Any) -> Any:
-        """Labels (cupy, H x W uint8) of a frame already on the device (cupy, H x W x 3 BGR):
-        the full-frame pass, then (analysis.tiling) every tile merged in privacy-safe."""
-        height, width = frame.shape[:2]
-        if height == 0 or width == 0:
-            raise EngineError(f"expected a non-empty frame, got {frame.shape}")
+    def region_labels(self, frame: Image, region: Tile) -> LabelMap:
         with self._stream:
-            labels = self._labels_at(frame)
-            spec = self.manifest.input
-            for tile in analysis_tiles(height, width, spec.height, spec.width, self._tiling):
-                window = frame[tile.y : tile.y + tile.height, tile.x : tile.x + tile.width]
-                tile_labels = self._labels_at(self._cupy.ascontiguousarray(window))
-                merge_protected_on(labels, tile, tile_labels, self._protected)
-            return labels
+            return super().region_labels(frame, region)
 
-    def _labels_at(self, frame: Any) -> Any:
+    def _to_device(self, image: Image) -> Any:
+        return self._cupy.asarray(np.ascontiguousarray(image))
+
+    def _window(self, image: Any, tile: Tile) -> Any:
+        return self._cupy.ascontiguousarray(super()._window(image, tile))
+
+    def _merge(self, labels: Any, tile: Tile, tile_labels: Any) -> None:
+        merge_protected_on(labels, tile, tile_labels, self._protected_on_device)
+
+    def _to_host(self, labels: Any) -> LabelMap:
+        return labels.get()
+
+    def _pass(self, frame: Any) -> Any:
         """Labels at the (contiguous, device) image's own resolution from one inference."""
         cp, spec = self._cupy, self.manifest.input
         height, width = frame.shape[:2]

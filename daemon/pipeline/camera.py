@@ -1,7 +1,9 @@
 """One camera's pipeline: ingest thread -> analysis thread -> output thread -> publisher.
 
-The output thread publishes at the camera's frame rate. Each frame is anonymized with the
-analyses that `temporal.decide` picks, or fails closed; only SafeFrames reach the publisher.
+The analysis thread runs one region of the analyzer's multi-scale plan (the full frame, then
+each tile, round robin) at a time, always on the newest frame. The output thread publishes at
+the camera's frame rate: each frame is anonymized with the analyses that `temporal.decide`
+picks for every region, or fails closed; only SafeFrames reach the publisher.
 During an outage the last fail-closed frame is repeated, so viewers keep a live stream.
 """
 
@@ -14,30 +16,33 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import numpy as np
+
+from daemon.analysis.tiling import Tile
 from daemon.config import AnalysisConfig, IngestConfig
+from daemon.interfaces import Analyzer, Anonymizer
 from daemon.metrics import Metrics
 from daemon.pipeline import safe
-from daemon.pipeline.safe import FrameAnonymizer, SafeFrame
+from daemon.pipeline.safe import SafeFrame
 from daemon.pipeline.temporal import (
     Analysis,
     Anonymize,
     FailClosed,
     Wait,
     decide,
+    still_needed,
     union_labels,
 )
 from daemon.streams.ingest import CameraFrame, CameraReader, CameraSource
-from daemon.types import Image, LabelMap, check_labels
+from daemon.types import Image, LabelMap
 
 log = logging.getLogger(__name__)
 
-_KEEP_ANALYSES = 16
+_MAX_ANALYSES = 512  # a backstop only: still_needed() keeps what pending frames may use
 _PLACEHOLDER = (640, 360)
 _PLACEHOLDER_FPS = 10.0
 
-
-class FrameAnalyzer(Protocol):
-    def labels(self, frame: Image) -> LabelMap: ...
+_UnionCache = tuple[tuple[object, ...], LabelMap] | None
 
 
 class FramePublisher(Protocol):
@@ -62,7 +67,7 @@ class CameraSetup:
 class CameraPipeline:
     """Runs one camera; `start()`, `stop(timeout)`, heartbeats for the watchdog, health."""
 
-    def __init__(self, setup: CameraSetup, analyzer: FrameAnalyzer, anonymizer: FrameAnonymizer,
+    def __init__(self, setup: CameraSetup, analyzer: Analyzer, anonymizer: Anonymizer,
                  publisher: FramePublisher, metrics: Metrics) -> None:
         self.setup = setup
         self.name = setup.name
@@ -73,8 +78,8 @@ class CameraPipeline:
         self._cv = threading.Condition()
         self._stop = threading.Event()
         self._pending: deque[CameraFrame] = deque()
-        self._to_analyze: CameraFrame | None = None
-        self._analyses: deque[Analysis] = deque(maxlen=_KEEP_ANALYSES)
+        self._latest: CameraFrame | None = None  # the newest frame, to analyze next
+        self._analyses: deque[Analysis] = deque(maxlen=_MAX_ANALYSES)
         self._epoch = 0
         self._connected = False
         self._fps = 0.0
@@ -136,7 +141,7 @@ class CameraPipeline:
                 self._pending = deque(f for f in self._pending if f.epoch == frame.epoch)
                 self._epoch = frame.epoch
             self._pending.append(frame)
-            self._to_analyze = frame
+            self._latest = frame
             self._fps = frame.fps or self._fps or 25.0
             self._last_arrival = frame.arrived
             self._cv.notify_all()
@@ -153,37 +158,60 @@ class CameraPipeline:
 
     # --- analysis thread -------------------------------------------------------------------
 
+    def _plan(self, image: Image) -> tuple[Tile, ...]:
+        return self._analyzer.plan(image.shape[0], image.shape[1])
+
     def _analysis_loop(self) -> None:
+        """Round robin over the plan's regions, each on the newest frame not yet analyzed for
+        that region; a cycle is complete when the last region of the plan has had its turn."""
+        done: dict[Tile, tuple[int, int]] = {}  # region -> (epoch, seq) of its last analysis
+        cursor = 0
         while not self._stop.is_set():
             with self._cv:
                 self.heartbeats["analysis"] = time.monotonic()
-                if self._to_analyze is None:
+                frame = self._latest
+                plan = self._plan(frame.image) if frame is not None else ()
+                todo = [i for i, region in enumerate(plan)
+                        if frame is not None and done.get(region) != (frame.epoch, frame.seq)]
+                if frame is None or not todo:
                     self._cv.wait(0.2)
                     continue
-                frame, self._to_analyze = self._to_analyze, None
-            started = time.monotonic()
-            self._analysis_started = started
-            try:
-                labels = check_labels(self._analyzer.labels(frame.image), frame.image)
-                result = Analysis(frame.epoch, frame.seq, labels)
-            except Exception as exc:  # any analyzer failure: the frames around it fail closed
-                result = Analysis(frame.epoch, frame.seq, None, f"{type(exc).__name__}: {exc}")
-            finally:
-                self._analysis_started = None
-            elapsed = time.monotonic() - started
-            self._metrics.analysis_seconds.observe(self.name, value=elapsed)
-            self._metrics.analyses.inc(self.name, "ok" if result.labels is not None else "error")
-            if (result.labels is None) != self._analysis_failing:
-                self._analysis_failing = result.labels is None
-                if self._analysis_failing:
-                    log.warning("camera %s: analyzer failing (%s): frames fail closed",
-                                self.name, result.error)
-                else:
-                    log.info("camera %s: analyzer recovered", self.name)
+            index = next((i for i in todo if i >= cursor), todo[0])
+            cursor = (index + 1) % len(plan)
+            region = plan[index]
+            done[region] = (frame.epoch, frame.seq)
+            result = self._analyze(frame, region)
+            if cursor == 0:
+                self._metrics.analysis_cycles.inc(self.name)
             with self._cv:
                 self._analyses.append(result)
                 self.heartbeats["analysis"] = time.monotonic()
                 self._cv.notify_all()
+
+    def _analyze(self, frame: CameraFrame, region: Tile) -> Analysis:
+        started = time.monotonic()
+        self._analysis_started = started
+        try:
+            labels = self._analyzer.region_labels(frame.image, region)
+            if labels.shape != (region.height, region.width) or labels.dtype != np.uint8:
+                raise ValueError(f"analyzer returned {labels.shape} {labels.dtype} labels for"
+                                 f" a {region.height} x {region.width} region")
+            result = Analysis(frame.epoch, frame.seq, labels, region=region)
+        except Exception as exc:  # any analyzer failure: the frames around it fail closed
+            result = Analysis(frame.epoch, frame.seq, None, f"{type(exc).__name__}: {exc}",
+                              region=region)
+        finally:
+            self._analysis_started = None
+        self._metrics.analysis_seconds.observe(self.name, value=time.monotonic() - started)
+        self._metrics.analyses.inc(self.name, "ok" if result.labels is not None else "error")
+        if (result.labels is None) != self._analysis_failing:
+            self._analysis_failing = result.labels is None
+            if self._analysis_failing:
+                log.warning("camera %s: analyzer failing (%s): frames fail closed",
+                            self.name, result.error)
+            else:
+                log.info("camera %s: analyzer recovered", self.name)
+        return result
 
     # --- output thread ---------------------------------------------------------------------
 
@@ -191,7 +219,7 @@ class CameraPipeline:
         last_raw: Image | None = None
         outage_frame: SafeFrame | None = None
         last_publish = 0.0
-        union_cache: tuple[tuple[tuple[int, int], ...], LabelMap] | None = None
+        union_cache: _UnionCache = None
         while not self._stop.is_set():
             now = time.monotonic()
             self.heartbeats["output"] = now
@@ -202,11 +230,13 @@ class CameraPipeline:
                 while self._pending:
                     frame = self._pending[0]
                     decision = decide(frame.epoch, frame.seq, now - frame.arrived, analyses,
-                                      self.setup.analysis)
+                                      self.setup.analysis, self._plan(frame.image))
                     if isinstance(decision, Wait):
                         break
                     ready.append((self._pending.popleft(), decision))
                 waiting = bool(self._pending)
+                if ready:
+                    self._forget_analyses()
                 last_arrival = self._last_arrival
             for frame, decision in ready:
                 out, union_cache = self._render(frame, decision, union_cache)
@@ -232,15 +262,27 @@ class CameraPipeline:
                 if not self._stop.is_set():
                     self._cv.wait(min(interval, 0.05))
 
-    def _render(self, frame: CameraFrame, decision: FailClosed | Anonymize,
-                cache: tuple[tuple[tuple[int, int], ...], LabelMap] | None
-                ) -> tuple[SafeFrame, tuple[tuple[tuple[int, int], ...], LabelMap] | None]:
+    def _forget_analyses(self) -> None:
+        """Drop the analyses no pending (or future) frame can use any more (under _cv)."""
+        oldest = self._pending[0] if self._pending else self._latest
+        if oldest is None:
+            return
+        keep = still_needed(self._analyses, oldest.epoch, oldest.seq)
+        if len(keep) != len(self._analyses):
+            self._analyses = deque(keep, maxlen=_MAX_ANALYSES)
+
+    def _render(self, frame: CameraFrame, decision: FailClosed | Anonymize, cache: _UnionCache
+                ) -> tuple[SafeFrame, _UnionCache]:
         if isinstance(decision, FailClosed):
             return self._fail(frame.image, decision.reason), cache
         try:
-            key = tuple((a.epoch, a.seq) for a in decision.analyses)
+            shape = frame.image.shape[:2]
+            # the same analyses with another dilation or frame size are another mask; the key
+            # holds the analyses themselves (compared by identity), never a reusable id()
+            key = (decision.dilation, shape, *decision.analyses)
             if cache is None or cache[0] != key:
-                labels = union_labels(decision.analyses, self.setup.protected, decision.dilation)
+                labels = union_labels(decision.analyses, self.setup.protected, decision.dilation,
+                                      shape)
                 cache = (key, labels)
             return safe.anonymized(self._anonymizer, frame.image, cache[1]), cache
         except Exception as exc:  # a pipeline bug must never publish the raw frame

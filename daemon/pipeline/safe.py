@@ -8,22 +8,19 @@ nothing downstream can hold or restore a raw frame through it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 
-from daemon.anonymizer.cpu import AnonymizedFrame, fail_closed_frame
+from daemon.anonymizer.cpu import fail_closed_frame
 from daemon.anonymizer.objects import BlurObject
 from daemon.errors import EngineError
+from daemon.interfaces import Anonymizer
 from daemon.types import Image, LabelMap, check_image
 
 Kind = Literal["anonymized", "fail_closed"]
 
 _TOKEN = object()
-
-
-class FrameAnonymizer(Protocol):
-    def anonymize(self, frame: Image, labels: LabelMap) -> AnonymizedFrame: ...
 
 
 class SafeFrame:
@@ -53,7 +50,7 @@ def _detached(image: Image, raw: Image) -> Image:
     return image
 
 
-def anonymized(anonymizer: FrameAnonymizer, raw: Image, labels: LabelMap) -> SafeFrame:
+def anonymized(anonymizer: Anonymizer, raw: Image, labels: LabelMap) -> SafeFrame:
     """Blur `raw` with `labels`; EngineError if the anonymizer returns something unusable."""
     result = anonymizer.anonymize(raw, labels)
     if result.frame.shape != raw.shape or result.frame.dtype != raw.dtype:

@@ -10,10 +10,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from daemon.analysis import Analyzer, class_ids, create_analyzer
-from daemon.anonymizer import create_anonymizer
+from daemon.analysis import class_ids
+from daemon.backends import Backend, open_backend
 from daemon.config import CameraConfig, Config
 from daemon.errors import ConfigError
+from daemon.interfaces import Analyzer
 from daemon.metrics import Metrics, MetricsServer
 from daemon.pipeline.camera import CameraPipeline, CameraSetup
 from daemon.service.credentials import read_secret
@@ -71,7 +72,7 @@ class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
-        self._analyzer: Analyzer | None = None
+        self._backend: Backend | None = None
         self._server: RtspServer | None = None
         self._metrics_server: MetricsServer | None = None
         self._cameras: dict[str, tuple[tuple[object, ...], CameraPipeline, CameraPublisher]] = {}
@@ -79,9 +80,15 @@ class Supervisor:
 
     @property
     def analyzer(self) -> Analyzer:
-        if self._analyzer is None:
+        if self._backend is None:
             raise RuntimeError("the supervisor is not started")
-        return self._analyzer
+        return self._backend.analyzer
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            raise RuntimeError("the supervisor is not started")
+        return self._backend
 
     # --- start / stop ---------------------------------------------------------------------
 
@@ -99,7 +106,7 @@ class Supervisor:
     def start(self) -> None:
         config = self.config
         logins = viewer_logins(config)
-        self._analyzer = create_analyzer(config)
+        self._backend = open_backend(config)
         self._warm_anonymizer()
         self._server = RtspServer(config.server.bind, config.server.port, logins)
         self._server.start()
@@ -117,7 +124,7 @@ class Supervisor:
         labels = np.zeros((64, 64), np.uint8)
         labels[16:48, 16:48] = ids[0]
         started = time.monotonic()
-        create_anonymizer(self.analyzer, ids, self.config.blur).anonymize(frame, labels)
+        self.backend.anonymizer(ids, self.config.blur).anonymize(frame, labels)
         log.info("anonymizer warm (%.1f s)", time.monotonic() - started)
 
     def stop(self) -> None:
@@ -139,8 +146,7 @@ class Supervisor:
     def _start_camera(self, config: Config, camera: CameraConfig, setup: CameraSetup) -> None:
         if self._server is None:
             raise RuntimeError("the RTSP server is not running")
-        anonymizer = create_anonymizer(self.analyzer, setup.protected,
-                                       config.camera_blur(camera))
+        anonymizer = self.backend.anonymizer(setup.protected, config.camera_blur(camera))
         publisher = CameraPublisher(camera.name, 0.0)
         pipeline = CameraPipeline(setup, self.analyzer, anonymizer, publisher, self.metrics)
         self._server.mount(publisher)
