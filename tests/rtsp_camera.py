@@ -195,6 +195,42 @@ class FakeAnalyzer(MultiScaleAnalyzer):
         return labels
 
 
+class SmallObjectAnalyzer(MultiScaleAnalyzer):
+    """A detector that, like a segmentation network, misses objects that are small in its
+    input: each pass stretches its image to the manifest's input size (as the real analyzers
+    do) and calls "person" every high-contrast blob (the checkerboard) at least MIN_SIDE input
+    pixels wide and tall. On a 1280 x 720 frame squeezed to 513 x 513 the 96 px MARK_BOX is
+    38 px wide and is missed; a native-scale tile sees it whole. The real multi-scale plan
+    (the config's tiling) decides which regions there are."""
+
+    backend = "small-object fake (tests)"
+    MIN_SIDE = 50
+
+    def __init__(self, manifest, tiling, protected) -> None:
+        from daemon.analysis import class_ids
+
+        super().__init__(manifest, tiling, protected)
+        self._person = class_ids(manifest, ["person"])[0]
+
+    def _pass(self, image):
+        import cv2
+        import numpy as np
+
+        spec = self.manifest.input
+        small = cv2.resize(image, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR)
+        grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        mean = cv2.blur(grey, (9, 9))
+        spread = np.sqrt(np.maximum(cv2.blur(grey * grey, (9, 9)) - mean * mean, 0))
+        count, blobs, stats, _ = cv2.connectedComponentsWithStats((spread > 100).astype(np.uint8))
+        big = [i for i in range(1, count)
+               if stats[i, cv2.CC_STAT_WIDTH] >= self.MIN_SIDE
+               and stats[i, cv2.CC_STAT_HEIGHT] >= self.MIN_SIDE]
+        labels = np.where(np.isin(blobs, big), self._person, 0).astype(np.uint8)
+        time.sleep(0.02)  # a pass of the real model costs 15-30 ms
+        height, width = image.shape[:2]
+        return cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
 class MarkedAnalyzer:
     """The real analyzer (its plan, tiles and all), with MARK_BOX added as a person (the
     soak's sensitive region) in every region that overlaps it."""
@@ -229,7 +265,7 @@ class MarkedAnalyzer:
 def run_daemon_with_fake_analyzer(control: Path, argv: list[str]) -> int:
     """`anonymizer ARGV` in this process with the analyzer replaced by FakeAnalyzer."""
     from daemon import cli
-    from daemon.analysis import load_manifest
+    from daemon.analysis import class_ids, load_manifest
     from daemon.anonymizer.cpu import CpuAnonymizer
     from daemon.backends import Backend
     from daemon.service import supervisor
@@ -237,6 +273,11 @@ def run_daemon_with_fake_analyzer(control: Path, argv: list[str]) -> int:
     real_open = supervisor.open_backend
 
     def fake(config):
+        if (control / "small").exists():  # misses small objects; the config's tiling plan
+            manifest = load_manifest(config.model.manifest_path)
+            analyzer = SmallObjectAnalyzer(manifest, config.analysis.tiling,
+                                           class_ids(manifest, config.anonymize))
+            return Backend("small", analyzer, CpuAnonymizer)
         if (control / "real").exists():  # the real model, plus MARK_BOX always a person
             real = real_open(config)
             return Backend("marked", MarkedAnalyzer(real.analyzer), real.anonymizer)

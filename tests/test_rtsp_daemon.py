@@ -506,3 +506,64 @@ def test_resolution_change_rebuilds_the_output(camera: CameraProcess, street_fee
         if client:
             client.stop()
         assert daemon.stop() == 0, daemon.log()
+
+
+# --- multi-scale: a person only tiles can see -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def marked_720p(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("marked720")
+    return marked_clip(shared_data / "clips" / "car_plate_approach_1280x720.mp4",
+                       folder / "marked720.mp4", 6)
+
+
+def _watch_small_person(camera: CameraProcess, folder: Path, control: Path, tiling: bool,
+                        frames: int) -> tuple[np.ndarray, str]:
+    """Leak scores of every published frame and the final metrics, with tiling on or off."""
+    folder.mkdir()
+    rtsp_port, metrics_port = free_port(), free_port()
+    config = fake_config(camera.url, rtsp_port, metrics_port).replace(
+        "analysis: {budget_ms: 400}",
+        f"analysis: {{budget_ms: 1000, tiling: {{enabled: {str(tiling).lower()}}}}}")
+    daemon = Daemon(folder, config, fake=control)
+    client = None
+    try:
+        assert wait_port(rtsp_port, 60), daemon.log()
+        assert wait_for(lambda: "marked: publishing" in http_get(metrics_port, "/healthz")[1],
+                        30), daemon.log()
+        client = FfmpegClient(f"rtsp://127.0.0.1:{rtsp_port}/marked", 1280, 720,
+                              crop_rows=200, timeout=90)
+        assert client.wait_frames(frames, 60), client.stop() + daemon.log()
+        text = http_get(metrics_port, "/metrics")[1]
+    finally:
+        if client:
+            client.stop()
+        code = daemon.stop()
+    assert code == 0, daemon.log()
+    return np.array(client.scores), text
+
+
+@pytest.mark.slow
+def test_a_small_person_seen_only_by_tiles_is_never_published_raw(marked_720p: Path,
+                                                                   tmp_path: Path) -> None:
+    """SmallObjectAnalyzer misses the 96 px square when the whole 1280 x 720 frame is squeezed
+    into its input and finds it in a native tile: with the single pass it is published raw
+    (so this test can fail), with the default multi-scale schedule never."""
+    control = tmp_path / "control"
+    control.mkdir()
+    (control / "small").write_text("")
+    camera = CameraProcess(marked_720p, lifetime=200).start()
+    try:
+        single, _ = _watch_small_person(camera, tmp_path / "single", control, False, 60)
+        tiled, text = _watch_small_person(camera, tmp_path / "tiled", control, True, 300)
+    finally:
+        camera.kill()
+    assert np.median(single) > 0.8, "the full-frame pass alone should miss the small square"
+    assert len(tiled) >= 300
+    assert tiled.max() < 0.3, f"a raw frame leaked: max score {tiled.max():.2f}"
+    cycles = metric(text, "analysis_cycles_total", camera="marked")
+    passes = metric(text, "analyses_total", camera="marked", result="ok")
+    # 1280 x 720 at zoom auto (1): the full frame and 3 x 2 native tiles, round robin
+    assert cycles > 10 and 7 * cycles <= passes < 7 * (cycles + 1), (cycles, passes)
+    assert metric(text, "frames_published_anonymized_total", camera="marked") > 250
