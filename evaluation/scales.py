@@ -64,17 +64,31 @@ class ScaleResults:
     global_blur: GlobalBlur
     kernels: list[int]
     multiscale_images: int
-    faces: dict[tuple[str, float, str], FaceScore] = field(default_factory=dict)  # +system
-    face_counts: dict[tuple[str, float, str], int] = field(default_factory=lambda: defaultdict(int))
+    # (group, scale, system, face detector label) -> that detector against that system's masks
+    faces: dict[tuple[str, float, str, str], FaceScore] = field(default_factory=dict)
+    # (group, scale, version, face detector label) -> faces it found on that version
+    face_counts: dict[tuple[str, float, str, str], int] = field(
+        default_factory=lambda: defaultdict(int))
+    detectors: list[str] = field(default_factory=list)  # face detector labels, the primary first
     plates: dict[tuple[str, float, str, str], PlateScore] = field(default_factory=dict)
     fidelity: dict[tuple[float, str], list[tuple[float, float]]] = field(
         default_factory=lambda: defaultdict(list))
     task: dict[tuple[float, str], Agreement] = field(default_factory=lambda: defaultdict(Agreement))
     groups: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     gallery: list[tuple[str, dict[str, np.ndarray]]] = field(default_factory=list)
-    miss_crops: list[tuple[str, np.ndarray]] = field(default_factory=list)  # faces we missed
-    # faces CenterFace found on our output inside our masks: (sample, score, crop of the output)
-    masked_crops: list[tuple[str, float, np.ndarray]] = field(default_factory=list)
+    # faces the primary detector found on originals that our masks miss: (sample, crop)
+    miss_crops: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    # faces any detector found on our output inside our masks: (sample, detector, score, crop)
+    masked_crops: list[tuple[str, str, float, np.ndarray]] = field(default_factory=list)
+
+    def face_count(self, group: str, scale: float, version: str, detector: str | None = None
+                   ) -> int:
+        """Faces `detector` (default: the primary) found on `version`."""
+        label = detector if detector is not None else self.detectors[0]
+        return self.face_counts.get((group, scale, version, label), 0)
+
+    def has_version(self, group: str, scale: float, version: str) -> bool:
+        return any(k[:3] == (group, scale, version) for k in self.face_counts)
 
 
 def run(samples: list[Sample], multiscale: list[Sample], ours: Ours, attack: Attack,
@@ -125,20 +139,29 @@ def _score(case: Case, attack: Attack, task: TaskModel, baseline: GlobalBlur,
     if case.tiled is not None:
         versions["ours+tiles"] = case.tiled.image
         found["ours+tiles"] = attack(case.tiled.image)
+    original = found["original"].face_sets()
+    if not results.detectors:
+        results.detectors = list(original)
     for system, anonymized in (("ours", case.ours), ("ours+tiles", case.tiled)):
         if anonymized is None or scale != 1.0:
             continue
-        faces = results.faces.setdefault((sample.group, scale, system), FaceScore())
-        known, masked = len(faces.misses), len(faces.found_masked)
-        faces.add(sample.name, found["original"].faces, found[system].faces, anonymized.mask)
-        if system == "ours":
-            for name, box in faces.misses[known:]:
-                results.miss_crops.append((name, _crop(case.canvas, box)))
+        output = found[system].face_sets()
+        for detector, faces_before in original.items():
+            faces = results.faces.setdefault((sample.group, scale, system, detector), FaceScore())
+            known, masked = len(faces.misses), len(faces.found_masked)
+            faces.add(sample.name, faces_before, output[detector], anonymized.mask)
+            if system != "ours":
+                continue
+            if detector == results.detectors[0]:
+                for name, box in faces.misses[known:]:
+                    results.miss_crops.append((name, _crop(case.canvas, box)))
             for name, face in faces.found_masked[masked:]:
-                results.masked_crops.append((name, face.score, _crop(anonymized.image, face.box)))
+                results.masked_crops.append((name, detector, face.score,
+                                             _crop(anonymized.image, face.box)))
     for group in groups:
         for version, findings in found.items():
-            results.face_counts[(group, scale, version)] += len(findings.faces)
+            for detector, faces_found in findings.face_sets().items():
+                results.face_counts[(group, scale, version, detector)] += len(faces_found)
             for reader, detections in findings.plates.items():
                 score = results.plates.setdefault((group, scale, reader, version), PlateScore())
                 score.add(_scaled_plates(sample, scale, case.region), detections,

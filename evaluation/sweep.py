@@ -1,6 +1,6 @@
 """The two settings that decide how many faces our masks miss, swept on the stills and clip
 frames: `analysis.tiling` (small, distant people) and `blur.mask_dilation` (heads that a coarse
-mask cuts through, leaving half a face sharp). CenterFace is the judge."""
+mask cuts through, leaving half a face sharp). Every face detector is a judge."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ DILATIONS = (0, 3, 8, 16)
 class SweepRow:
     tiling: bool
     dilation: int
-    faces: FaceScore
+    faces: dict[str, FaceScore]  # face detector label -> its score, the primary first
     blurred: float  # share of all pixels our blur owned
 
 
@@ -36,13 +36,17 @@ def sweep(model: Path, samples: list[Sample], attack: Attack, memo: dict) -> lis
         for dilation in DILATIONS:
             blur = ours.blur.model_copy(update={"mask_dilation": dilation})
             ours.use_blur(blur)
-            faces, owned, total = FaceScore(), 0, 0
+            faces: dict[str, FaceScore] = {}
+            owned = total = 0
             for sample in samples:
                 image = images[sample.name]
                 original: Findings = remember(memo, ("original", sample.name, 1.0),
                                               lambda i=image: attack(i))
                 result = ours.anonymize(image, labels[sample.name])
-                faces.add(sample.name, original.faces, attack(result.image).faces, result.mask)
+                output = attack(result.image).face_sets()
+                for detector, before in original.face_sets().items():
+                    faces.setdefault(detector, FaceScore()).add(
+                        sample.name, before, output[detector], result.mask)
                 owned += int(np.count_nonzero(result.mask))
                 total += result.mask.size
             rows.append(SweepRow(tiling, dilation, faces, owned / total))

@@ -30,11 +30,14 @@ MODES = ("every frame", "bracket")
 class Leaks:
     """Per frame: did the attackers find something on this version?"""
 
-    faces: list[bool] = field(default_factory=list)
+    faces: list[bool] = field(default_factory=list)  # the primary face detector
     plates: list[bool] = field(default_factory=list)
+    by_detector: dict[str, list[bool]] = field(default_factory=dict)  # every face detector
 
     def add(self, findings: Findings, original: Findings, known_plate: str) -> None:
         self.faces.append(bool(findings.faces))
+        for detector, faces in findings.face_sets().items():
+            self.by_detector.setdefault(detector, []).append(bool(faces))
         targets = set(reads(original)) | ({known_plate} - {""})
         self.plates.append(bool(still_read(targets, set(reads(findings)))))
 
