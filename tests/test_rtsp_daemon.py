@@ -457,7 +457,10 @@ def test_real_model_people_blurred_background_kept(street_feed: Path, shared_dat
         # bracketing the frame: leave all of them, from the neighbouring frames, out of the
         # background.
         near = np.zeros_like(people)
-        for other in range(max(0, index - 4), min(len(sources), index + 5)):
+        # With multi-scale analysis each region (full frame, ~6 tiles) is analyzed once per
+        # cycle of ~7 passes, so the bracketing analyses of a region lie up to a cycle (8-12
+        # frames on this machine) before and after the frame.
+        for other in range(max(0, index - 15), min(len(sources), index + 16)):
             near |= np.isin(labels(other), anonymized)
         background = ~dilate(near, 24)
         mse = float(((frame.astype(np.float32) - source) ** 2)[background].mean())
@@ -469,7 +472,12 @@ def test_real_model_people_blurred_background_kept(street_feed: Path, shared_dat
         expected = anonymizer.anonymize(source, labels(index)).frame.astype(np.float32)
         off_raw = float(np.abs(frame - source.astype(np.float32))[people].mean())
         off_expected = float(np.abs(frame - expected)[people].mean())
-        assert off_expected < 0.5 * off_raw, f"people are not blurred: {off_expected=} {off_raw=}"
+        noise = float(np.abs(frame - source.astype(np.float32))[background].mean())
+        # raw people would differ from the source by the coding noise of the background
+        assert off_raw > 3 * noise, f"people look raw: {off_raw=} vs background {noise=}"
+        # the daemon's mask is the union over a cycle of region analyses (bigger objects,
+        # bigger kernels than this frame's own labels give): closer to ours than to raw
+        assert off_expected < 0.6 * off_raw, f"people are not blurred: {off_expected=} {off_raw=}"
         checked += 1
     assert checked >= 3, checked
 

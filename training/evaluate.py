@@ -107,6 +107,15 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _zoom(text: str) -> float | str:
+    if text == "auto":
+        return text
+    value = float(text)
+    if not 1.0 <= value <= 4.0:
+        raise argparse.ArgumentTypeError(f"zoom must be auto or 1..4, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", type=Path, nargs="*", help="ONNX files (manifest next to each)")
@@ -118,16 +127,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-runs", type=int, default=20, help="0: skip the timing")
     parser.add_argument("--json", type=Path, help="also write the metrics here")
     parser.add_argument("--sources", nargs="+", help="only these data sources (e.g. camvid)")
-    parser.add_argument("--tiling-zoom", type=float, default=0.0,
-                        help="also run each model with analysis.tiling at this zoom (>= 1)")
+    parser.add_argument("--tiling-zoom", type=_zoom, default=None,
+                        help="also run each model with analysis.tiling at this zoom (>= 1, or"
+                        " auto: the daemon's default plan)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     models = list(args.models) + ([REFERENCE] if args.reference else [])
     samples = read_split(args.data, args.split, set(args.sources) if args.sources else None)
     variants: list[tuple[str, TilingConfig | None]] = [("", None)]
-    if args.tiling_zoom:
+    if args.tiling_zoom is not None:
         tiling = TilingConfig(enabled=True, zoom=args.tiling_zoom)
-        variants.append((f" + tiles (zoom {args.tiling_zoom:g})", tiling))
+        zoom = args.tiling_zoom if args.tiling_zoom == "auto" else f"{args.tiling_zoom:g}"
+        variants.append((f" + tiles (zoom {zoom})", tiling))
     results: dict[str, dict[str, float]] = {}
     for model in models:
         for suffix, tiling in variants:
