@@ -6,6 +6,7 @@ place that picks which, and the pipeline, the file command and the tools use onl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from daemon.types import Image, LabelMap
@@ -21,6 +22,7 @@ class Analyzer(Protocol):
     threads (cameras): calls are serialised per analyzer."""
 
     manifest: Manifest
+    parallel: int  # regions one regions_labels call runs concurrently (1: one after another)
 
     def plan(self, height: int, width: int) -> tuple[Tile, ...]:
         """The regions of one multi-scale analysis of such a frame, the full frame first."""
@@ -31,8 +33,8 @@ class Analyzer(Protocol):
         (protected classes win); EngineError on failure."""
         ...
 
-    def region_labels(self, frame: Image, region: Tile) -> LabelMap:
-        """region.height x region.width class ids of one region of the plan (one pass)."""
+    def regions_labels(self, frame: Image, regions: Sequence[Tile]) -> list[LabelMap]:
+        """region.height x region.width class ids of each region of the plan (a pass each)."""
         ...
 
 

@@ -145,7 +145,7 @@ class Metrics:
             "frames_dropped_total", "frames dropped, by stage (ingest, stale, output)",
             ["camera", "stage"])
         self.analysis_seconds = Histogram(
-            "analysis_latency_seconds", "time of one analyzer pass (one region of the plan)",
+            "analysis_latency_seconds", "time of one analyzer call (one or more regions)",
             ["camera"])
         self.analyses = Counter(
             "analyses_total", "analyzer passes (one region each), by result (ok, error)",

@@ -251,15 +251,20 @@ class MarkedAnalyzer:
         labels[y:y + h, x:x + w] = self._person
         return labels
 
-    def region_labels(self, frame, region):
-        labels = self._real.region_labels(frame, region)
+    @property
+    def parallel(self):
+        return self._real.parallel
+
+    def regions_labels(self, frame, regions):
+        results = self._real.regions_labels(frame, regions)
         x, y, w, h = MARK_BOX
-        top, left = max(y - region.y, 0), max(x - region.x, 0)
-        bottom = min(y + h - region.y, region.height)
-        right = min(x + w - region.x, region.width)
-        if top < bottom and left < right:
-            labels[top:bottom, left:right] = self._person
-        return labels
+        for region, labels in zip(regions, results, strict=True):
+            top, left = max(y - region.y, 0), max(x - region.x, 0)
+            bottom = min(y + h - region.y, region.height)
+            right = min(x + w - region.x, region.width)
+            if top < bottom and left < right:
+                labels[top:bottom, left:right] = self._person
+        return results
 
 
 def run_daemon_with_fake_analyzer(control: Path, argv: list[str]) -> int:

@@ -32,6 +32,7 @@ class MultiScaleAnalyzer:
     """`plan`, `labels` and `region_labels` on top of a backend's single inference pass."""
 
     backend = "?"  # for the log: "ONNX Runtime (CPU)", "OpenVINO CPU bf16", ...
+    parallel = 1  # passes that run concurrently in one _passes call (OpenVINO CPU streams)
 
     def __init__(
         self, manifest: Manifest, tiling: TilingConfig | None, protected: Sequence[int]
@@ -66,20 +67,28 @@ class MultiScaleAnalyzer:
         _full, *tiles = self.plan(*frame.shape[:2])
         with self._lock:
             image = self._to_device(frame)
-            labels = self._pass(image)
-            for tile in tiles:
-                self._merge(labels, tile, self._pass(self._window(image, tile)))
+            labels, *tile_labels = self._passes([image, *(self._window(image, t) for t in tiles)])
+            for tile, window_labels in zip(tiles, tile_labels, strict=True):
+                self._merge(labels, tile, window_labels)
             return self._to_host(labels)
 
     def region_labels(self, frame: Image, region: Tile) -> LabelMap:
         """region.height x region.width class ids of one region of the frame (one pass)."""
+        return self.regions_labels(frame, (region,))[0]
+
+    def regions_labels(self, frame: Image, regions: Sequence[Tile]) -> list[LabelMap]:
+        """The labels of each region (one pass each; up to `parallel` run concurrently)."""
         _check_frame(frame)
-        if (region.y < 0 or region.x < 0 or region.y + region.height > frame.shape[0]
-                or region.x + region.width > frame.shape[1]):
-            raise EngineError(f"region {region} is outside the {frame.shape[:2]} frame")
-        window = frame[region.y : region.y + region.height, region.x : region.x + region.width]
+        windows = []
+        for region in regions:
+            if (region.y < 0 or region.x < 0 or region.y + region.height > frame.shape[0]
+                    or region.x + region.width > frame.shape[1]):
+                raise EngineError(f"region {region} is outside the {frame.shape[:2]} frame")
+            windows.append(
+                frame[region.y : region.y + region.height, region.x : region.x + region.width])
         with self._lock:
-            return self._to_host(self._pass(self._to_device(window)))
+            passes = self._passes([self._to_device(w) for w in windows])
+            return [self._to_host(labels) for labels in passes]
 
     # --- backend hooks (numpy defaults) ----------------------------------------------------
 
@@ -92,6 +101,10 @@ class MultiScaleAnalyzer:
     def _pass(self, image: Any) -> Any:
         """Labels at `image`'s own resolution from one inference (the backend's own arrays)."""
         raise NotImplementedError
+
+    def _passes(self, images: list[Any]) -> list[Any]:
+        """`_pass` of each image, in order (a backend may run them concurrently)."""
+        return [self._pass(image) for image in images]
 
     def _merge(self, labels: Any, tile: Tile, tile_labels: Any) -> None:
         merge_protected(labels, tile, tile_labels, self._protected_table)

@@ -4,6 +4,7 @@ have it natively: AVX512-BF16, AMX) and Intel GPUs, on the same ONNX model and m
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -115,11 +116,32 @@ class OpenVinoAnalyzer(MultiScaleAnalyzer):
                 f"model {model_path}: OpenVINO cannot compile it for {device}: {first_line(exc)}"
             ) from exc
         self._request = compiled.create_infer_request()
+        # the regions of one multi-scale analysis run as concurrent requests on CPU streams
+        # (one thread each): on 2 cores this beats one 2-thread request at a time
+        self._queue = self._stream_queue(ov, core, model, device, threads)
+        if self._queue is not None:
+            self.parallel = len(self._queue)
         self._host = HostPass(manifest, input_dtype)
         self.backend = f"OpenVINO {ov.__version__.split('-')[0]} ({device}, {self.precision})"
         self._warm_up()
         log.info("analyzer ready: %s, model %s (%s), %d classes", self.describe, manifest.name,
                  model_path, len(manifest.classes))
+
+    def _stream_queue(self, ov: ModuleType, core: Any, model: Any, device: str, threads: int
+                      ) -> Any:
+        """An AsyncInferQueue over a THROUGHPUT-compiled copy, or None where streams cannot
+        help (one thread, or not the CPU)."""
+        cores = threads or len(os.sched_getaffinity(0))
+        if device != "CPU" or cores < 2:
+            return None
+        properties = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT":
+                      "THROUGHPUT", "NUM_STREAMS": cores, "INFERENCE_NUM_THREADS": cores}
+        try:
+            compiled = core.compile_model(model, device, properties)
+        except _OV_ERRORS as exc:
+            log.info("OpenVINO: no CPU streams (%s); regions run one at a time", first_line(exc))
+            return None
+        return ov.AsyncInferQueue(compiled, cores)
 
     def _warm_up(self) -> None:
         blank = np.zeros((self.manifest.input.height, self.manifest.input.width, 3), np.uint8)
@@ -139,6 +161,26 @@ class OpenVinoAnalyzer(MultiScaleAnalyzer):
 
     def _pass(self, image: Image) -> LabelMap:
         return self._host.labels(self.infer(image), *image.shape[:2])
+
+    def _passes(self, images: list[Image]) -> list[LabelMap]:
+        if self._queue is None or len(images) < 2:
+            return super()._passes(images)
+        outputs: list[np.ndarray | None] = [None] * len(images)
+
+        def done(request: Any, index: int) -> None:
+            outputs[index] = np.array(request.get_tensor(self._output).data)  # a copy
+
+        try:
+            self._queue.set_callback(done)
+            for index, image in enumerate(images):
+                self._queue.start_async({self._input: self._host.preprocess(image)}, index)
+            self._queue.wait_all()
+        except _OV_ERRORS as exc:
+            raise EngineError(f"inference failed: {first_line(exc)}") from exc
+        if any(out is None for out in outputs):
+            raise EngineError("inference failed: a request returned no output")
+        return [self._host.labels(out, *image.shape[:2])  # type: ignore[arg-type]
+                for out, image in zip(outputs, images, strict=True)]
 
 
 def _ports(ports: Sequence[Any]) -> list[Port]:

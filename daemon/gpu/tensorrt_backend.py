@@ -98,9 +98,9 @@ class TrtAnalyzer(MultiScaleAnalyzer):
         with self._stream:
             return super().labels(frame)
 
-    def region_labels(self, frame: Image, region: Tile) -> LabelMap:
+    def regions_labels(self, frame: Image, regions: Sequence[Tile]) -> list[LabelMap]:
         with self._stream:
-            return super().region_labels(frame, region)
+            return super().regions_labels(frame, regions)
 
     def _to_device(self, image: Image) -> Any:
         return self._cupy.asarray(np.ascontiguousarray(image))

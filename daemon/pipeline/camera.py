@@ -163,7 +163,8 @@ class CameraPipeline:
 
     def _analysis_loop(self) -> None:
         """Round robin over the plan's regions, each on the newest frame not yet analyzed for
-        that region; a cycle is complete when the last region of the plan has had its turn."""
+        that region (as many at once as the analyzer runs concurrently); a cycle is complete
+        when the last region of the plan has had its turn."""
         done: dict[Tile, tuple[int, int]] = {}  # region -> (epoch, seq) of its last analysis
         cursor = 0
         while not self._stop.is_set():
@@ -176,42 +177,51 @@ class CameraPipeline:
                 if frame is None or not todo:
                     self._cv.wait(0.2)
                     continue
-            index = next((i for i in todo if i >= cursor), todo[0])
-            cursor = (index + 1) % len(plan)
-            region = plan[index]
-            done[region] = (frame.epoch, frame.seq)
-            result = self._analyze(frame, region)
-            if cursor == 0:
-                self._metrics.analysis_cycles.inc(self.name)
+            start = next((k for k, i in enumerate(todo) if i >= cursor), 0)
+            picked = (todo[start:] + todo[:start])[:max(1, self._analyzer.parallel)]
+            regions = [plan[i] for i in picked]
+            for region in regions:
+                done[region] = (frame.epoch, frame.seq)
+            results = self._analyze(frame, regions)
+            for i in picked:
+                if i == len(plan) - 1:
+                    self._metrics.analysis_cycles.inc(self.name)
+            cursor = (picked[-1] + 1) % len(plan)
             with self._cv:
-                self._analyses.append(result)
+                self._analyses.extend(results)
                 self.heartbeats["analysis"] = time.monotonic()
                 self._cv.notify_all()
 
-    def _analyze(self, frame: CameraFrame, region: Tile) -> Analysis:
+    def _analyze(self, frame: CameraFrame, regions: list[Tile]) -> list[Analysis]:
         started = time.monotonic()
         self._analysis_started = started
         try:
-            labels = self._analyzer.region_labels(frame.image, region)
-            if labels.shape != (region.height, region.width) or labels.dtype != np.uint8:
-                raise ValueError(f"analyzer returned {labels.shape} {labels.dtype} labels for"
-                                 f" a {region.height} x {region.width} region")
-            result = Analysis(frame.epoch, frame.seq, labels, region=region)
+            labels = self._analyzer.regions_labels(frame.image, regions)
+            for region, region_labels in zip(regions, labels, strict=True):
+                if (region_labels.shape != (region.height, region.width)
+                        or region_labels.dtype != np.uint8):
+                    raise ValueError(f"analyzer returned {region_labels.shape} "
+                                     f"{region_labels.dtype} labels for a {region.height} x "
+                                     f"{region.width} region")
+            results = [Analysis(frame.epoch, frame.seq, region_labels, region=region)
+                       for region, region_labels in zip(regions, labels, strict=True)]
+            error = ""
         except Exception as exc:  # any analyzer failure: the frames around it fail closed
-            result = Analysis(frame.epoch, frame.seq, None, f"{type(exc).__name__}: {exc}",
-                              region=region)
+            error = f"{type(exc).__name__}: {exc}"
+            results = [Analysis(frame.epoch, frame.seq, None, error, region=region)
+                       for region in regions]
         finally:
             self._analysis_started = None
         self._metrics.analysis_seconds.observe(self.name, value=time.monotonic() - started)
-        self._metrics.analyses.inc(self.name, "ok" if result.labels is not None else "error")
-        if (result.labels is None) != self._analysis_failing:
-            self._analysis_failing = result.labels is None
+        self._metrics.analyses.inc(self.name, "error" if error else "ok", amount=len(regions))
+        if bool(error) != self._analysis_failing:
+            self._analysis_failing = bool(error)
             if self._analysis_failing:
                 log.warning("camera %s: analyzer failing (%s): frames fail closed",
-                            self.name, result.error)
+                            self.name, error)
             else:
                 log.info("camera %s: analyzer recovered", self.name)
-        return result
+        return results
 
     # --- output thread ---------------------------------------------------------------------
 
