@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from daemon.analysis.manifest import class_ids, load_manifest
+from daemon.analysis.precision import Precision, cpu_flags, int8_copy, pick_precision
 from daemon.config import BlurConfig, Config
 from daemon.errors import BackendUnavailable
 from daemon.interfaces import Analyzer, Anonymizer
@@ -80,12 +82,24 @@ def _cpu_anonymizer(ids: Sequence[int], blur: BlurConfig) -> Anonymizer:
     return CpuAnonymizer(ids, blur)
 
 
+def _weights(config: Config, native_bf16: bool) -> tuple[Path, Path, Precision]:
+    """The model file and manifest to load and the precision (`model.precision`, see
+    daemon.analysis.precision): the INT8 copy next to the model for int8."""
+    copy = int8_copy(config.model.path)
+    precision = pick_precision(config.model.precision, has_int8=copy is not None,
+                               native_bf16=native_bf16, flags=cpu_flags())
+    if precision == "int8" and copy is not None:
+        return copy, copy.with_suffix(".manifest.yaml"), precision
+    return config.model.path, config.model.manifest_path, precision
+
+
 def _onnxruntime(config: Config) -> Backend:
     from daemon.analysis.onnx_backend import OnnxAnalyzer
 
-    manifest = load_manifest(config.model.manifest_path)
+    path, manifest_path, _ = _weights(config, native_bf16=False)  # ORT: no BF16 kernels
+    manifest = load_manifest(manifest_path)
     analyzer = OnnxAnalyzer(
-        config.model.path,
+        path,
         manifest,
         threads=config.model.threads,
         tiling=config.analysis.tiling,
@@ -96,14 +110,16 @@ def _onnxruntime(config: Config) -> Backend:
 
 def _openvino_on(ov_device: str) -> Callable[[Config], Backend]:
     def opener(config: Config) -> Backend:
-        from daemon.analysis.openvino_backend import OpenVinoAnalyzer
+        from daemon.analysis.openvino_backend import OpenVinoAnalyzer, native_bf16
 
-        manifest = load_manifest(config.model.manifest_path)
+        device = "GPU" if ov_device == "GPU" else "CPU"
+        path, manifest_path, precision = _weights(config, native_bf16(device))
+        manifest = load_manifest(manifest_path)
         analyzer = OpenVinoAnalyzer(
-            config.model.path,
+            path,
             manifest,
-            device="GPU" if ov_device == "GPU" else "CPU",
-            precision=config.model.precision,
+            device=device,
+            precision=precision,
             threads=config.model.threads,
             tiling=config.analysis.tiling,
             protected=class_ids(manifest, config.anonymize),

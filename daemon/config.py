@@ -46,10 +46,12 @@ class ModelConfig(FrozenModel):
         " tensorrt; tensorrt, openvino, openvino-gpu (an Intel GPU), onnxruntime: that backend or"
         " a start-up error saying why not",
     )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
         "auto",
-        description="OpenVINO inference precision: auto: bf16 where the CPU has native BF16"
-        " (AVX512-BF16 or AMX), else fp32; ONNX Runtime always runs fp32, TensorRT fp16",
+        description="CPU inference precision: auto: int8 where an INT8 copy of the model ships"
+        " (<model>_int8.onnx) and the CPU has VNNI but no AMX, else bf16 where OpenVINO has"
+        " native BF16, else fp32; bf16 and int8 can be forced (refused where they cannot run);"
+        " TensorRT runs fp16 whatever this says",
     )
     threads: int = Field(0, ge=0, le=256, description="inference threads on the CPU; 0: all cores")
     engine_cache: Path | None = Field(

@@ -196,3 +196,19 @@ def test_still_needed_keeps_per_region_the_last_before_and_everything_after() ->
     pruned, whole = (decide(1, 4, 0.1, a, BRACKET, PLAN) for a in (kept, analyses))
     assert isinstance(pruned, Anonymize) and isinstance(whole, Anonymize)
     assert [a.seq for a in pruned.analyses] == [a.seq for a in whole.analyses]
+
+
+def test_tile_specks_are_dropped_and_objects_kept() -> None:
+    from daemon.analysis.tiling import drop_specks, protected_lookup, speck_area
+
+    tile = Tile(0, 0, 384, 384)
+    area = speck_area(tile, 513, 513)  # 144 input px at 384/513 scale
+    assert area == round(144 * 384 * 384 / 513 / 513)
+    labels = np.zeros((384, 384), np.uint8)
+    labels[10:13, 10:13] = PERSON  # 9 px: a speck
+    labels[100:140, 100:120] = PERSON  # 800 px: an object
+    labels[200:203, 200:203] = 3  # not protected: untouched
+    drop_specks(labels, protected_lookup((PERSON,)), area)
+    assert (labels[10:13, 10:13] == 0).all()
+    assert (labels[100:140, 100:120] == PERSON).all()
+    assert (labels[200:203, 200:203] == 3).all()

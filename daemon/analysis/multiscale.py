@@ -18,8 +18,10 @@ from daemon.analysis.tiling import (
     Tile,
     analysis_plan,
     describe_tiling,
+    drop_specks,
     merge_protected,
     protected_lookup,
+    speck_area,
 )
 from daemon.config import TilingConfig
 from daemon.errors import ConfigError, EngineError
@@ -69,7 +71,7 @@ class MultiScaleAnalyzer:
             image = self._to_device(frame)
             labels, *tile_labels = self._passes([image, *(self._window(image, t) for t in tiles)])
             for tile, window_labels in zip(tiles, tile_labels, strict=True):
-                self._merge(labels, tile, window_labels)
+                self._merge(labels, tile, self._despeckle(window_labels, tile))
             return self._to_host(labels)
 
     def region_labels(self, frame: Image, region: Tile) -> LabelMap:
@@ -86,9 +88,11 @@ class MultiScaleAnalyzer:
                 raise EngineError(f"region {region} is outside the {frame.shape[:2]} frame")
             windows.append(
                 frame[region.y : region.y + region.height, region.x : region.x + region.width])
+        full = self.plan(*frame.shape[:2])[0]
         with self._lock:
             passes = self._passes([self._to_device(w) for w in windows])
-            return [self._to_host(labels) for labels in passes]
+            return [self._to_host(labels if region == full else self._despeckle(labels, region))
+                    for region, labels in zip(regions, passes, strict=True)]
 
     # --- backend hooks (numpy defaults) ----------------------------------------------------
 
@@ -111,6 +115,12 @@ class MultiScaleAnalyzer:
 
     def _to_host(self, labels: Any) -> LabelMap:
         return labels
+
+    def _despeckle(self, tile_labels: Any, tile: Tile) -> Any:
+        """A tile's labels without protected specks (tiling.drop_specks)."""
+        spec = self.manifest.input
+        drop_specks(tile_labels, self._protected_table, speck_area(tile, spec.height, spec.width))
+        return tile_labels
 
 
 def _check_frame(frame: Image) -> None:

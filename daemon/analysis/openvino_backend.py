@@ -32,7 +32,7 @@ _ONNX_TYPES = {
     "i16": "tensor(int16)", "i32": "tensor(int32)", "i64": "tensor(int64)",
 }
 
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16", "int8"]
 OvDevice = Literal["CPU", "GPU"]
 
 
@@ -47,11 +47,24 @@ def openvino_module() -> ModuleType:
     return openvino
 
 
+def native_bf16(device: str = "CPU") -> bool:
+    """True where OpenVINO computes BF16 natively on `device` (its OPTIMIZATION_CAPABILITIES
+    list BF16: AVX512-BF16 or AMX CPUs); BackendUnavailable without OpenVINO or the device."""
+    core = openvino_module().Core()
+    if device not in core.available_devices:
+        raise BackendUnavailable(
+            f"OpenVINO has no {device} device here (available: "
+            f"{', '.join(core.available_devices) or 'none'})"
+        )
+    return "BF16" in core.get_property(device, "OPTIMIZATION_CAPABILITIES")
+
+
 def resolve_precision(capabilities: Sequence[str], precision: Precision) -> str:
     """'bf16' or 'f32' (OpenVINO's hint): auto is bf16 only where the device computes BF16
-    natively (its OPTIMIZATION_CAPABILITIES list BF16); forcing bf16 elsewhere is an error."""
+    natively (its OPTIMIZATION_CAPABILITIES list BF16); forcing bf16 elsewhere is an error.
+    int8 (a quantized model: its INT8 layers run in INT8 whatever the hint) hints f32."""
     native = "BF16" in capabilities
-    if precision == "fp32":
+    if precision in ("fp32", "int8"):
         return "f32"
     if precision == "bf16":
         if not native:
@@ -122,7 +135,8 @@ class OpenVinoAnalyzer(MultiScaleAnalyzer):
         if self._queue is not None:
             self.parallel = len(self._queue)
         self._host = HostPass(manifest, input_dtype)
-        self.backend = f"OpenVINO {ov.__version__.split('-')[0]} ({device}, {self.precision})"
+        shown = "int8" if precision == "int8" else self.precision
+        self.backend = f"OpenVINO {ov.__version__.split('-')[0]} ({device}, {shown})"
         self._warm_up()
         log.info("analyzer ready: %s, model %s (%s), %d classes", self.describe, manifest.name,
                  model_path, len(manifest.classes))
