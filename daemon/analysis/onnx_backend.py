@@ -63,7 +63,7 @@ class OnnxAnalyzer(MultiScaleAnalyzer):
         self._session = self._open(threads)
         self._input, self._output, input_dtype = self._check_io()
         self._host = HostPass(manifest, input_dtype)
-        self._warm_up()
+        self._warm_up(self._path)
         log.info("analyzer ready: %s, model %s (%s), %d classes", self.describe, manifest.name,
                  model_path, len(manifest.classes))
 
@@ -89,14 +89,6 @@ class OnnxAnalyzer(MultiScaleAnalyzer):
 
         return check_io(ports(self._session.get_inputs()), ports(self._session.get_outputs()),
                         self.manifest, self._path)
-
-    def _warm_up(self) -> None:
-        """One run at load: the first inference allocates and is slow; a broken graph fails here."""
-        blank = np.zeros((self.manifest.input.height, self.manifest.input.width, 3), np.uint8)
-        try:
-            self._pass(blank)
-        except EngineError as exc:
-            raise ModelError(f"model {self._path}: warm-up run failed: {exc}") from exc
 
     def infer(self, image: Image) -> np.ndarray:
         """The model's raw output (1 x C x h x w logits or 1 x h x w ids) for one BGR image."""

@@ -137,7 +137,7 @@ class OpenVinoAnalyzer(MultiScaleAnalyzer):
         self._host = HostPass(manifest, input_dtype)
         shown = "int8" if precision == "int8" else self.precision
         self.backend = f"OpenVINO {ov.__version__.split('-')[0]} ({device}, {shown})"
-        self._warm_up()
+        self._warm_up(self._path)
         log.info("analyzer ready: %s, model %s (%s), %d classes", self.describe, manifest.name,
                  model_path, len(manifest.classes))
 
@@ -156,13 +156,6 @@ class OpenVinoAnalyzer(MultiScaleAnalyzer):
             log.info("OpenVINO: no CPU streams (%s); regions run one at a time", first_line(exc))
             return None
         return ov.AsyncInferQueue(compiled, cores)
-
-    def _warm_up(self) -> None:
-        blank = np.zeros((self.manifest.input.height, self.manifest.input.width, 3), np.uint8)
-        try:
-            self._pass(blank)
-        except EngineError as exc:
-            raise ModelError(f"model {self._path}: warm-up run failed: {exc}") from exc
 
     def infer(self, image: Image) -> np.ndarray:
         """The model's raw output (1 x C x h x w logits or 1 x h x w ids) for one BGR image."""
