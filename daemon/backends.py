@@ -110,9 +110,9 @@ def _onnxruntime(config: Config) -> Backend:
 
 def _openvino_on(ov_device: str) -> Callable[[Config], Backend]:
     def opener(config: Config) -> Backend:
-        from daemon.analysis.openvino_backend import OpenVinoAnalyzer, native_bf16
+        from daemon.analysis.openvino_backend import OpenVinoAnalyzer, OvDevice, native_bf16
 
-        device = "GPU" if ov_device == "GPU" else "CPU"
+        device: OvDevice = "GPU" if ov_device == "GPU" else "CPU"
         path, manifest_path, precision = _weights(config, native_bf16(device))
         manifest = load_manifest(manifest_path)
         analyzer = OpenVinoAnalyzer(

@@ -54,7 +54,9 @@ class HostPass:
         """Stretch to the input size (bilinear), reorder channels, normalise, 1 x 3 x H x W."""
         if image.shape[1::-1] != self.size:
             try:
-                image = cv2.resize(image, self.size, interpolation=cv2.INTER_LINEAR)
+                # cv2's stubs lose the dtype: uint8 in, uint8 out
+                image = cv2.resize(  # type: ignore[assignment]
+                    image, self.size, interpolation=cv2.INTER_LINEAR)
             except cv2.error as exc:
                 raise EngineError(f"cannot resize the frame: {first_line(exc)}") from exc
         if self.manifest.input.colour_order == "RGB":

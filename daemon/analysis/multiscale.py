@@ -29,7 +29,7 @@ from daemon.config import TilingConfig
 from daemon.errors import ConfigError, EngineError, ModelError
 from daemon.types import Image, LabelMap, check_image
 
-_TILING_OFF = TilingConfig(enabled=False)
+_TILING_OFF = TilingConfig.model_validate({"enabled": False})
 
 
 class MultiScaleAnalyzer:

@@ -152,7 +152,8 @@ def upsampled_nearest(labels: NDArray[np.integer], height: int, width: int) -> L
     source = np.ascontiguousarray(labels, dtype=np.uint8)
     if source.shape == (height, width):
         return source
-    return cv2.resize(source, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+    resized = cv2.resize(source, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+    return resized.astype(np.uint8, copy=False)
 
 
 def upsampled_argmax_opencv(logits: Logits, height: int, width: int) -> LabelMap:
