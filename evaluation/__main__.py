@@ -134,18 +134,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for model in models:
             log.info("model %s", model)
-            ours = Ours(model)
+            ours = Ours(model)  # the default config: multi-scale analysis, zoom auto
+            single = Ours(model, tiling=False)  # the same backend, one full-frame pass
+            log.info("%s: %s; %s: %s", ours.name, ours.describe, single.name, single.describe)
             scales = run_scales(samples, multiscale, ours, attackers, task, deface=deface,
-                                memo=memo, gallery=set(GALLERY),
-                                tiled=Ours(model, tiling=True))
+                                memo=memo, gallery=set(GALLERY), single=single)
             temporal = [run_clip(c, ours, attackers, limit=args.clip_frames, every=args.every,
                                  deface=deface, timing_frames=min(30, args.clip_frames),
                                  memo=memo)
                         for c in clips]
-            sizes = {tiling: recall_by_size(model, person + plate_pairs, tiling=tiling)
-                     for tiling in (False, True)}
-            settings = sweep(model, [s for s in samples if s.group != "plate val"], attackers,
-                             memo)
+            sizes = {system.tiling: recall_by_size(system, person + plate_pairs)
+                     for system in (single, ours)}
+            settings = sweep([single, ours], [s for s in samples if s.group != "plate val"],
+                             attackers, memo)
             report.add_model(ours, scales, temporal, sizes, settings)
     finally:
         attackers.close()

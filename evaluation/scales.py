@@ -5,7 +5,8 @@ size, then anonymized by our adaptive blur and by the global Gaussian of equal p
 largest K, and its sigma, our blur used on the full-scale set). The attackers run on the
 original canvas and on every anonymized version; utility is measured where nothing is sensitive.
 At scale 1 this is also the privacy table of the stills, plate val images and clip frames, with
-deface (the peer) as one more version.
+deface (the peer) as one more version. "ours" is the default config (multi-scale analysis, zoom
+auto); "ours, single pass" the same with tiling off.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from tqdm import tqdm
 from daemon.anonymizer.objects import dilate
 from evaluation.data import Plate, Sample
 from evaluation.privacy import FaceScore, Findings, PlateScore
-from evaluation.systems import Anonymized, GlobalBlur, Ours
+from evaluation.systems import DEFAULT, SINGLE_PASS, Anonymized, GlobalBlur, Ours
 from evaluation.utility import Agreement, TaskModel, psnr, ssim
 
 log = logging.getLogger(__name__)
 
 SCALES = (1.0, 0.5, 0.25, 0.125)
 UTILITY_MARGIN = 8  # pixels the sensitive masks are grown by before measuring fidelity
-VERSIONS = ("original", "ours", "ours+tiles", "global", "deface")
+VERSIONS = ("original", DEFAULT, SINGLE_PASS, "global", "deface")
 MULTI = "multi-scale set"  # the group every scale of the multi-scale protocol is scored in
 
 Attack = Callable[[np.ndarray], Findings]
@@ -54,8 +55,8 @@ class Case:
     scale: float
     canvas: np.ndarray
     region: tuple[int, int, int, int]
-    ours: Anonymized
-    tiled: Anonymized | None = None  # ours with tiling
+    ours: Anonymized  # the default config (multi-scale)
+    single: Anonymized | None = None  # ours with tiling off (one full-frame pass)
     multiscale: bool = False  # in the multi-scale set
 
 
@@ -93,16 +94,17 @@ class ScaleResults:
 
 def run(samples: list[Sample], multiscale: list[Sample], ours: Ours, attack: Attack,
         task: TaskModel, *, deface: Callable[[np.ndarray], np.ndarray] | None,
-        memo: dict, gallery: set[str], tiled: Ours | None = None) -> ScaleResults:
+        memo: dict, gallery: set[str], single: Ours | None = None) -> ScaleResults:
     """Every sample at scale 1, the `multiscale` ones at every scale. `memo` keeps what does not
     depend on the model (the attackers on the originals, deface and its findings) between
-    models. `tiled`: the same model with tiling, as one more version at scale 1."""
+    models. `ours`: the default config; `single`: the same model and backend with tiling off,
+    as one more version."""
     cases = []
     plan = [(s, 1.0) for s in samples] + [(s, k) for s in multiscale for k in SCALES[1:]]
     for sample, scale in tqdm(plan, desc="anonymize", unit="image"):
         canvas, region = on_canvas(sample.load(), scale)
         cases.append(Case(sample, scale, canvas, region, ours.anonymize(canvas),
-                          tiled.anonymize(canvas) if tiled else None,
+                          single.anonymize(canvas) if single else None,
                           sample in multiscale))
     kernels = [k for c in cases if c.scale == 1.0 for k in c.ours.kernels]
     baseline = GlobalBlur.equal_privacy(kernels, ours.blur.sigma_factor)
@@ -126,7 +128,7 @@ def _score(case: Case, attack: Attack, task: TaskModel, baseline: GlobalBlur,
     sample, scale = case.sample, case.scale
     groups = ([sample.group] if scale == 1.0 else []) + ([MULTI] if case.multiscale else [])
     key = (sample.name, scale)
-    versions = {"ours": case.ours.image, "global": baseline.anonymize(case.canvas)}
+    versions = {DEFAULT: case.ours.image, "global": baseline.anonymize(case.canvas)}
     found = {"original": remember(memo, ("original", *key), lambda: attack(case.canvas))}
     found |= {v: attack(image) for v, image in versions.items()}
     if deface is not None and scale == 1.0:
@@ -136,13 +138,13 @@ def _score(case: Case, attack: Attack, task: TaskModel, baseline: GlobalBlur,
 
         versions["deface"], found["deface"] = remember(memo, ("deface", *key), peer)
     results.groups[sample.group] += scale == 1.0
-    if case.tiled is not None:
-        versions["ours+tiles"] = case.tiled.image
-        found["ours+tiles"] = attack(case.tiled.image)
+    if case.single is not None:
+        versions[SINGLE_PASS] = case.single.image
+        found[SINGLE_PASS] = attack(case.single.image)
     original = found["original"].face_sets()
     if not results.detectors:
         results.detectors = list(original)
-    for system, anonymized in (("ours", case.ours), ("ours+tiles", case.tiled)):
+    for system, anonymized in ((DEFAULT, case.ours), (SINGLE_PASS, case.single)):
         if anonymized is None or scale != 1.0:
             continue
         output = found[system].face_sets()
@@ -150,7 +152,7 @@ def _score(case: Case, attack: Attack, task: TaskModel, baseline: GlobalBlur,
             faces = results.faces.setdefault((sample.group, scale, system, detector), FaceScore())
             known, masked = len(faces.misses), len(faces.found_masked)
             faces.add(sample.name, faces_before, output[detector], anonymized.mask)
-            if system != "ours":
+            if system != DEFAULT:
                 continue
             if detector == results.detectors[0]:
                 for name, box in faces.misses[known:]:
@@ -197,9 +199,9 @@ def _utility(case: Case, versions: dict[str, np.ndarray], task: TaskModel,
     inside[y:y + h, x:x + w] = True
     crop = (slice(y, y + h), slice(x, x + w))
     truth = task.labels(np.ascontiguousarray(case.canvas[crop]))
-    masks = {"ours": case.ours.mask, "global": case.ours.mask}
-    if case.tiled is not None:
-        masks["ours+tiles"] = case.tiled.mask
+    masks = {DEFAULT: case.ours.mask, "global": case.ours.mask}
+    if case.single is not None:
+        masks[SINGLE_PASS] = case.single.mask
     for version, mask in masks.items():
         image = versions[version]
         keep = inside & ~dilate(mask, UTILITY_MARGIN)

@@ -1,9 +1,8 @@
 """Segmentation quality by object size (the multi-scale claim): person and plate recall for
-small / medium / large ground-truth objects on the val splits, without and with tiling."""
+small / medium / large ground-truth objects on the val splits, for one full-frame pass and for
+the default multi-scale plan (full frame + tiles, zoom auto)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -16,12 +15,11 @@ TRUTH_ID = {"person": 1, "license_plate": 2}  # ids in shared/data/seg masks
 CLASS_OF_SET = {"person": "person", "plate": "license_plate"}  # seg set -> the class it labels
 
 
-def recall_by_size(model: Path, pairs: list[SegPair], *, tiling: bool) -> dict[str, dict]:
+def recall_by_size(ours: Ours, pairs: list[SegPair]) -> dict[str, dict]:
     """{class: {size: (found, objects, pixel recall)}, class/iou: ...} for the classes the
-    model knows, over the val pairs of their set."""
-    ours = Ours(model, tiling=tiling)
+    model knows, over the val pairs of their set, as `ours` analyzes them."""
     tallies: dict[str, Tally] = {}
-    for pair in tqdm(pairs, desc=f"sizes{' (tiling)' if tiling else ''}", unit="image"):
+    for pair in tqdm(pairs, desc=f"sizes ({ours.name})", unit="image"):
         name = CLASS_OF_SET[pair.kind]
         if name not in ours.classes:
             continue

@@ -1,11 +1,11 @@
 """The two settings that decide how many faces our masks miss, swept on the stills and clip
-frames: `analysis.tiling` (small, distant people) and `blur.mask_dilation` (heads that a coarse
-mask cuts through, leaving half a face sharp). Every face detector is a judge."""
+frames: `analysis.tiling` (small, distant people: off, or on as configured, zoom auto) and
+`blur.mask_dilation` (heads that a coarse mask cuts through, leaving half a face sharp). Every
+face detector is a judge."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -20,17 +20,20 @@ DILATIONS = (0, 3, 8, 16)
 
 @dataclass(frozen=True)
 class SweepRow:
-    tiling: bool
+    tiling: bool  # on: the default multi-scale plan (zoom auto); off: one full-frame pass
     dilation: int
     faces: dict[str, FaceScore]  # face detector label -> its score, the primary first
     blurred: float  # share of all pixels our blur owned
 
 
-def sweep(model: Path, samples: list[Sample], attack: Attack, memo: dict) -> list[SweepRow]:
+def sweep(systems: list[Ours], samples: list[Sample], attack: Attack, memo: dict
+          ) -> list[SweepRow]:
+    """Every dilation for each of `systems` (the same model, tiling off and on); each
+    system's blur settings are restored afterwards."""
     rows = []
     images = {s.name: s.load() for s in samples}
-    for tiling in (False, True):
-        ours = Ours(model, tiling=tiling)
+    for ours in systems:
+        configured = ours.blur
         labels = {s.name: ours.labels(images[s.name])
                   for s in tqdm(samples, desc="sweep", unit="image")}
         for dilation in DILATIONS:
@@ -49,5 +52,6 @@ def sweep(model: Path, samples: list[Sample], attack: Attack, memo: dict) -> lis
                         sample.name, before, output[detector], result.mask)
                 owned += int(np.count_nonzero(result.mask))
                 total += result.mask.size
-            rows.append(SweepRow(tiling, dilation, faces, owned / total))
+            rows.append(SweepRow(ours.tiling, dilation, faces, owned / total))
+        ours.use_blur(configured)
     return rows

@@ -1,5 +1,7 @@
-"""The systems under test: ours (the daemon's analyzer and adaptive blur, exactly as
-`anonymizer file` runs them) and the paper's baseline, one global Gaussian of equal privacy."""
+"""The systems under test: ours (the analyzer and adaptive blur of the default config, exactly
+as `anonymizer file` runs them: the backend `daemon.backends.open_backend` picks, the default
+multi-scale plan), ours as a single pass (the same with `analysis.tiling.enabled: false`) and
+the paper's baseline, one global Gaussian of equal privacy."""
 
 from __future__ import annotations
 
@@ -9,16 +11,33 @@ from pathlib import Path
 import numpy as np
 
 from daemon.analysis.manifest import class_ids, load_manifest
-from daemon.analysis.onnx_backend import OnnxAnalyzer
 from daemon.anonymizer import CpuAnonymizer
 from daemon.anonymizer.cpu import global_blur
 from daemon.anonymizer.objects import find_objects
-from daemon.config import BlurConfig, TilingConfig
+from daemon.backends import open_backend
+from daemon.config import BlurConfig, Config
 from daemon.configfile import load_config
 from daemon.pipeline.temporal import Analysis, union_labels
 
-# the sensitive classes this evaluation anonymizes, where the model knows them
+# the sensitive classes this evaluation anonymizes, where the model knows them (the default
+# config's `anonymize` list)
 SENSITIVE = ("person", "license_plate")
+DEFAULT = "ours"  # the default config: multi-scale analysis (full frame + tiles, zoom auto)
+SINGLE_PASS = "ours, single pass"  # the same with analysis.tiling.enabled: false
+
+
+def product_config(model: Path, classes: tuple[str, ...], *, tiling: bool = True) -> Config:
+    """The default config (`load_config(None)`, what `anonymizer file` runs without --config)
+    with `model` as model.path, `classes` (those of the default `anonymize` list the model
+    knows) as anonymize, and tiling as configured (`tiling`) or off."""
+    config = load_config(None)
+    analysis = config.analysis
+    if not tiling:
+        analysis = analysis.model_copy(
+            update={"tiling": analysis.tiling.model_copy(update={"enabled": False})})
+    return config.model_copy(update={
+        "model": config.model.model_copy(update={"path": model, "manifest": None}),
+        "anonymize": classes, "analysis": analysis})
 
 
 @dataclass(frozen=True)
@@ -29,23 +48,35 @@ class Anonymized:
 
 
 class Ours:
-    """The model's analyzer (ONNX Runtime, CPU) and the adaptive anonymizer, default config."""
+    """The default config's backend (`open_backend`: OpenVINO, else ONNX Runtime, on a CPU)
+    and adaptive anonymizer for `model`. tiling=True: the default multi-scale plan (full frame
+    + tiles, `analysis.tiling` as configured: zoom auto); False: the full-frame pass only."""
 
-    def __init__(self, model: Path, *, tiling: bool = False, threads: int = 0) -> None:
-        config = load_config(None)
+    def __init__(self, model: Path, *, tiling: bool = True) -> None:
+        manifest = load_manifest(model.with_suffix(".manifest.yaml"))
+        classes = tuple(c for c in load_config(None).anonymize if c in manifest.classes)
+        config = product_config(model, classes, tiling=tiling)
         self.model = model
         self.tiling = tiling
-        self.manifest = load_manifest(model.with_suffix(".manifest.yaml"))
-        self.classes = tuple(c for c in SENSITIVE if c in self.manifest.classes)
+        self.name = DEFAULT if tiling else SINGLE_PASS
+        self.tiling_config = config.analysis.tiling
+        self.classes = classes
+        self.backend = open_backend(config)
+        self.analyzer = self.backend.analyzer
+        self.manifest = self.analyzer.manifest
         self.class_ids = class_ids(self.manifest, self.classes)
-        self.analyzer = OnnxAnalyzer(model, self.manifest, threads=threads,
-                                     tiling=TilingConfig(enabled=tiling),
-                                     protected=self.class_ids)
         self.bracket_dilation = config.analysis.bracket_dilation
         self.use_blur(config.blur)
 
+    @property
+    def describe(self) -> str:
+        """The backend, its precision and the tiling, e.g. 'OpenVINO 2025.2 (CPU, bf16),
+        tiling on (overlap 0.25, zoom auto)'."""
+        return getattr(self.analyzer, "describe", self.backend.name)
+
     def use_blur(self, blur: BlurConfig) -> None:
-        """Blur with other settings (the same analysis)."""
+        """Blur with other settings (the same analysis). The CPU anonymizer, which every CPU
+        backend pairs with (daemon.backends); built here for its objects and masks."""
         self.blur = blur
         self._anonymizer = CpuAnonymizer(self.class_ids, blur)
 
