@@ -16,6 +16,7 @@ from daemon.analysis.host import HostPass, check_model_file, first_line
 from daemon.analysis.manifest import Manifest
 from daemon.analysis.model_io import Port, check_io
 from daemon.analysis.multiscale import MultiScaleAnalyzer
+from daemon.analysis.precision import pick_precision
 from daemon.config import TilingConfig
 from daemon.errors import BackendUnavailable, EngineError, ModelError
 from daemon.types import Image, LabelMap
@@ -60,20 +61,13 @@ def native_bf16(device: str = "CPU") -> bool:
 
 
 def resolve_precision(capabilities: Sequence[str], precision: Precision) -> str:
-    """'bf16' or 'f32' (OpenVINO's hint): auto is bf16 only where the device computes BF16
-    natively (its OPTIMIZATION_CAPABILITIES list BF16); forcing bf16 elsewhere is an error.
-    int8 (a quantized model: its INT8 layers run in INT8 whatever the hint) hints f32."""
-    native = "BF16" in capabilities
-    if precision in ("fp32", "int8"):
-        return "f32"
-    if precision == "bf16":
-        if not native:
-            raise BackendUnavailable(
-                "model.precision is bf16 but this device has no native BF16 (OpenVINO "
-                f"capabilities: {', '.join(capabilities) or 'none'}); use auto or fp32"
-            )
-        return "bf16"
-    return "bf16" if native else "f32"
+    """'bf16' or 'f32' (OpenVINO's hint) by precision.pick_precision's rule for a loaded model:
+    auto is bf16 only where the device computes BF16 natively (its OPTIMIZATION_CAPABILITIES
+    list BF16); forcing bf16 elsewhere is an error. int8 (a quantized model: its INT8 layers run
+    in INT8 whatever the hint) hints f32."""
+    picked = pick_precision(precision, has_int8=precision == "int8",
+                            native_bf16="BF16" in capabilities, flags=frozenset())
+    return "bf16" if picked == "bf16" else "f32"
 
 
 class OpenVinoAnalyzer(MultiScaleAnalyzer):
