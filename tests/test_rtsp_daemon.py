@@ -109,13 +109,25 @@ def detail(frame: np.ndarray) -> float:
     return float(np.abs(cv2.Laplacian(grey, cv2.CV_32F)).mean())
 
 
-def probe(url: str) -> dict:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-rtsp_transport", "tcp", "-select_streams", "v",
-         "-show_entries", "stream=width,height,r_frame_rate,codec_name", "-of", "json", url],
-        capture_output=True, timeout=30)
-    assert out.returncode == 0, out.stderr.decode(errors="replace")
-    return json.loads(out.stdout)["streams"][0]
+def probe(url: str, attempts: int = 3) -> dict:
+    """ffprobe of the stream. ffmpeg 5.1's RTSP client has no I/O timeout by default and once
+    (1 run in 5, a clean-clone CI run) waited 30 s without a byte while a later probe of the same
+    daemon answered at once: each attempt gets a 10 s socket timeout, the last error is shown."""
+    error = ""
+    for _ in range(attempts):
+        try:
+            out = subprocess.run(
+                ["ffprobe", "-v", "error", "-rtsp_transport", "tcp", "-timeout", "10000000",
+                 "-select_streams", "v", "-show_entries",
+                 "stream=width,height,r_frame_rate,codec_name", "-of", "json", url],
+                capture_output=True, timeout=30)
+        except subprocess.TimeoutExpired:
+            error = "ffprobe timed out after 30 s"
+            continue
+        if out.returncode == 0:
+            return json.loads(out.stdout)["streams"][0]
+        error = out.stderr.decode(errors="replace")
+    raise AssertionError(f"ffprobe failed {attempts} times: {error}")
 
 
 @pytest.fixture(scope="module")
