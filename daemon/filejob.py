@@ -16,14 +16,15 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from daemon.anonymizer.cpu import fail_closed_frame
-from daemon.errors import AnonymizerError, ConfigError, EngineError
+from daemon import safe
+from daemon.errors import AnonymizerError, ConfigError
 from daemon.interfaces import Analyzer, Anonymizer
 from daemon.media.formats import media_kind
 from daemon.media.image import read_image, write_image
 from daemon.media.labels import LabelFolderWriter, unknown_labels, write_label_map
 from daemon.media.video_reader import VideoReader
 from daemon.media.video_writer import DEFAULT_CRF, DEFAULT_PRESET, X264_PRESETS, VideoWriter
+from daemon.safe import SafeFrame
 from daemon.types import Image, LabelMap
 
 log = logging.getLogger(__name__)
@@ -232,24 +233,27 @@ class FrameGuard:
         self.failed = 0
         self.objects: Counter[int] = Counter()
 
-    def process(self, frame: Image, index: int) -> tuple[Image, LabelMap | None]:
-        """The frame to publish and its label map (None when the frame failed closed)."""
+    def process(self, frame: Image, index: int) -> tuple[SafeFrame, LabelMap | None]:
+        """The frame to write and its label map (None when the frame failed closed).
+
+        Made by the same gate as the daemon's published frames (daemon.safe): the writers take
+        nothing else.
+        """
         self.frames += 1
+        reason = "analyzer_error"
         try:
             labels = self._analyzer.labels(frame)
-            result = self._anonymizer.anonymize(frame, labels)
-            if result.frame.shape != frame.shape or result.frame.dtype != frame.dtype:
-                raise EngineError(f"anonymizer returned {result.frame.shape} {result.frame.dtype}"
-                                  f" for a {frame.shape} {frame.dtype} frame")
+            reason = "anonymizer_error"
+            result = safe.anonymized(self._anonymizer, frame, labels)
         except Exception as exc:  # any failure at all: fail closed, never pass the raw frame
             self.failed += 1
             if self.failed == 1:
                 log.warning("%s: frame %d failed (%s: %s): writing fail-closed (%s) frames for "
                             "failed frames", self._source, index, type(exc).__name__, exc,
                             self._style)
-            return fail_closed_frame(frame, self._style), None
+            return safe.fail_closed(frame, self._style, reason), None
         self.objects.update(obj.class_id for obj in result.objects)
-        return result.frame, labels
+        return result, labels
 
 
 def run_files(

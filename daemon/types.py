@@ -1,4 +1,7 @@
-"""Array aliases shared by every stage, with the boundary checks that go with them."""
+"""Array aliases shared by every stage, with the boundary checks that go with them, and the
+plain record of one blurred object (a leaf module: numpy only)."""
+
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,3 +26,20 @@ def check_labels(labels: np.ndarray, frame: np.ndarray) -> LabelMap:
             f"got {labels.shape} {labels.dtype}"
         )
     return labels
+
+
+@dataclass(frozen=True)
+class BlurObject:
+    """One 8-connected object of one class, with its bounding box and Gaussian."""
+
+    class_id: int
+    x: int
+    y: int
+    w: int
+    h: int
+    kernel: int
+    sigma: float
+
+    @property
+    def radius(self) -> int:
+        return (self.kernel - 1) // 2

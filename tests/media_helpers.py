@@ -1,9 +1,26 @@
-"""Helpers shared by the media and file tests: decode a whole video, PSNR of two images."""
+"""Helpers shared by the media and file tests: decode a whole video, PSNR of two images, and
+a picture as the SafeFrame the writers take."""
 
 from pathlib import Path
 
 import av
 import numpy as np
+
+from daemon import safe
+from daemon.anonymizer.cpu import AnonymizedFrame
+from daemon.safe import SafeFrame
+
+
+class Unchanged:
+    """An anonymizer with nothing to blur: hands the frame back as it is."""
+
+    def anonymize(self, frame: np.ndarray, labels: np.ndarray) -> AnonymizedFrame:
+        return AnonymizedFrame(frame, ())
+
+
+def safe_frame(image: np.ndarray) -> SafeFrame:
+    """`image` (pixels unchanged, copied) through the anonymizer's gate: what writers take."""
+    return safe.anonymized(Unchanged(), image, np.zeros(image.shape[:2], np.uint8))
 
 
 def decode_all(path: Path) -> list[np.ndarray]:

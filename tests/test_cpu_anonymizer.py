@@ -4,8 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from daemon.anonymizer.cpu import CpuAnonymizer, fail_closed_frame, global_blur
+from daemon.anonymizer.cpu import CpuAnonymizer, global_blur
 from daemon.config import BlurConfig
+from daemon.safe import fail_closed_frame
 
 
 @pytest.fixture

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 from media_helpers import decode_all, psnr
 
-from daemon.anonymizer.cpu import CpuAnonymizer, fail_closed_frame
+from daemon.anonymizer.cpu import CpuAnonymizer
 from daemon.config import BlurConfig
 from daemon.errors import ConfigError, EngineError
 from daemon.filejob import (
     FileJob,
     FileOptions,
+    FrameGuard,
     exit_status,
     format_summary,
     plan_jobs,
@@ -20,6 +23,7 @@ from daemon.filejob import (
 )
 from daemon.media.image import read_image
 from daemon.media.labels import UNKNOWN_LABEL
+from daemon.safe import SafeFrame, fail_closed_frame
 
 PERSON = 15
 NAMES = {0: "background", PERSON: "person"}
@@ -103,6 +107,18 @@ def test_planning_refuses_unsafe_outputs(tmp_path):
 
 
 # --- fail closed -----------------------------------------------------------------------------
+
+
+def test_the_frame_guard_hands_out_only_safe_frames() -> None:
+    frame = np.random.default_rng(2).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    guard = FrameGuard(BoxAnalyzer(fail_every=2), anonymizer(), "black", Path("clip.mp4"))
+    failed, no_labels = guard.process(frame, 0)  # frame 0: the analyzer raises
+    assert type(failed) is SafeFrame and failed.kind == "fail_closed" and no_labels is None
+    assert failed.reason == "analyzer_error" and not failed.image.any()
+    done, labels = guard.process(frame, 1)
+    assert type(done) is SafeFrame and done.kind == "anonymized" and labels is not None
+    assert not np.shares_memory(done.image, frame) and not done.image.flags.writeable
+    assert (guard.frames, guard.failed, dict(guard.objects)) == (2, 1, {PERSON: 1})
 
 
 def test_failing_analyzer_on_an_image_writes_the_fail_closed_frame(shared_data, tmp_path):

@@ -10,7 +10,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from media_helpers import decode_all, psnr
+from media_helpers import decode_all, psnr, safe_frame
 
 from daemon.errors import MediaError
 from daemon.media.atomic import partial_path
@@ -49,7 +49,7 @@ def copy_video(src: Path, dst: Path, *, keep_audio: bool = False, **kwargs: obje
     ) as writer:
         sink = writer.write_audio if reader.audio_stream is not None else None
         for frame in reader.frames(sink):
-            writer.write(frame.image, frame.pts)
+            writer.write(safe_frame(frame.image), frame.pts)
 
 
 def no_leftovers(path: Path) -> None:
@@ -120,7 +120,7 @@ def test_odd_frame_size_is_padded_to_even(clip_segment, tmp_path):
     dst = tmp_path / "odd.mp4"
     with VideoWriter(dst, replace(info, width=339, height=255), preset="veryfast") as writer:
         for i, frame in enumerate(frames):
-            writer.write(frame, i * 512)
+            writer.write(safe_frame(frame), i * 512)
     out = decode_all(dst)
     assert out[0].shape == (256, 340, 3)
     assert all(psnr(a, b[:255, :339]) > 35 for a, b in zip(frames, out, strict=True))
@@ -199,7 +199,7 @@ def test_keep_audio_transcodes_to_aac_when_the_container_cannot_hold_the_codec(
 def test_lossless_image_round_trip(shared_data, tmp_path, ext):
     image = read_image(shared_data / "stills" / "messi5.jpg")
     assert image.shape == (342, 548, 3) and image.dtype == np.uint8
-    write_image(tmp_path / f"a{ext}", image)
+    write_image(tmp_path / f"a{ext}", safe_frame(image))
     np.testing.assert_array_equal(read_image(tmp_path / f"a{ext}"), image)
     no_leftovers(tmp_path / f"nothing{ext}")
 
@@ -207,7 +207,7 @@ def test_lossless_image_round_trip(shared_data, tmp_path, ext):
 @pytest.mark.parametrize("ext", [".jpg", ".jpeg"])
 def test_jpeg_round_trip(shared_data, tmp_path, ext):
     image = read_image(shared_data / "stills" / "astronaut.png")
-    write_image(tmp_path / f"a{ext}", image)
+    write_image(tmp_path / f"a{ext}", safe_frame(image))
     assert (tmp_path / f"a{ext}").read_bytes()[:2] == b"\xff\xd8"
     assert psnr(read_image(tmp_path / f"a{ext}"), image) > 38
 
@@ -311,7 +311,8 @@ def test_writer_failure_midway_leaves_no_output(clip_segment, tmp_path):
         VideoWriter(out, reader.info) as writer,
     ):
         for frame in reader.frames():
-            writer.write(frame.image if frame.index < 5 else frame.image[:100], frame.pts)
+            image = frame.image if frame.index < 5 else frame.image[:100]
+            writer.write(safe_frame(image), frame.pts)
     no_leftovers(out)
 
 

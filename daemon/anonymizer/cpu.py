@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -33,25 +32,10 @@ def blur_params(blur: BlurConfig) -> BlurParams:
 
 def global_blur(frame: Image, kernel: int, sigma: float) -> Image:
     """The paper's baseline: one Gaussian over the whole frame (reflected border)."""
-    return cv2.GaussianBlur(
+    blurred = cv2.GaussianBlur(
         frame, (kernel, kernel), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101
     )
-
-
-def fail_closed_frame(frame: Image, style: Literal["blur", "black"]) -> Image:
-    """A frame that reveals nothing: black, or blurred far beyond recognition.
-
-    The blur is a downscale to at most 16 pixels on the long side and back: every output pixel
-    mixes a sixteenth of the frame, which no face or plate survives.
-    """
-    if style == "black":
-        return np.zeros_like(frame)
-    h, w = frame.shape[:2]
-    scale = 16.0 / max(h, w)
-    tiny = cv2.resize(
-        frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
-    )
-    return cv2.resize(tiny, (w, h), interpolation=cv2.INTER_LINEAR)
+    return blurred.astype(np.uint8, copy=False)  # cv2's stubs lose the dtype: uint8 in and out
 
 
 class CpuAnonymizer:
@@ -78,7 +62,7 @@ class CpuAnonymizer:
         return self._blur_objects(frame, objects)
 
 
-def _fast_blur():
+def _fast_blur() -> Callable[[Image, ObjectMap], Image]:
     from daemon.anonymizer.fast import blur_objects_fast
 
     return blur_objects_fast

@@ -9,6 +9,8 @@ import cv2
 import numba
 import numpy as np
 
+# BlurObject lives in daemon.types (a leaf the SafeFrame gate can import without numba)
+from daemon.types import BlurObject as BlurObject
 from daemon.types import LabelMap, Ownership
 
 
@@ -21,23 +23,6 @@ class BlurParams:
     min_kernel: int = 3
     max_kernel: int = 255
     mask_dilation: int = 0
-
-
-@dataclass(frozen=True)
-class BlurObject:
-    """One 8-connected object of one class, with its bounding box and Gaussian."""
-
-    class_id: int
-    x: int
-    y: int
-    w: int
-    h: int
-    kernel: int
-    sigma: float
-
-    @property
-    def radius(self) -> int:
-        return (self.kernel - 1) // 2
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import numpy as np
 from daemon.errors import MediaError
 from daemon.media.atomic import atomic_output
 from daemon.media.formats import IMAGE_EXTENSIONS
+from daemon.safe import SafeFrame, pixels
 from daemon.types import Image
 
 JPEG_QUALITY = 95
@@ -58,9 +59,16 @@ def encode_image(path: Path, image: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Write `image` atomically; the format follows the extension (JPEG quality 95)."""
-    data = encode_image(path, image)
+def write_image(path: Path, frame: SafeFrame) -> None:
+    """Write `frame` atomically; the format follows the extension (JPEG quality 95).
+
+    Only a SafeFrame (daemon.safe): a plain array, which may be a raw frame, is a TypeError.
+    """
+    write_encoded(path, encode_image(path, pixels(frame, "write_image()")))
+
+
+def write_encoded(path: Path, data: bytes) -> None:
+    """Write already encoded file bytes atomically (MediaError with one line on failure)."""
     try:
         with atomic_output(path) as tmp:
             tmp.write_bytes(data)

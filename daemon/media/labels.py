@@ -9,7 +9,7 @@ import numpy as np
 
 from daemon.errors import MediaError
 from daemon.media.atomic import AtomicPath
-from daemon.media.image import encode_image, write_image
+from daemon.media.image import encode_image, write_encoded
 from daemon.types import LabelMap
 
 UNKNOWN_LABEL = 255
@@ -29,7 +29,7 @@ def _check(labels: np.ndarray) -> None:
 def write_label_map(path: Path, labels: LabelMap) -> None:
     """Write one label map as a grey PNG, atomically."""
     _check(labels)
-    write_image(path, labels)
+    write_encoded(path, encode_image(path, labels))
 
 
 class LabelFolderWriter:

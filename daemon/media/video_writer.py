@@ -16,7 +16,7 @@ from daemon.errors import MediaError
 from daemon.media.atomic import AtomicPath
 from daemon.media.formats import VIDEO_EXTENSIONS
 from daemon.media.video_reader import VideoInfo
-from daemon.types import Image
+from daemon.safe import SafeFrame, pixels
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ def _reason(exc: BaseException) -> str:
 
 
 class VideoWriter:
-    """Encode BGR frames to `path` (mp4, mkv, mov, avi); a context manager.
+    """Encode SafeFrames (BGR; never a plain array) to `path` (mp4, mkv, mov, avi); a context
+    manager.
 
     Each frame keeps the pts (and time base) it had in the input, so frame count, frame rate
     and variable timing survive; AVI holds no timestamps, so there frames are numbered at the
@@ -150,8 +151,12 @@ class VideoWriter:
             "aac", rate=source.codec_context.sample_rate, layout=source.codec_context.layout
         )
 
-    def write(self, image: Image, pts: int) -> None:
-        """Encode one H x W x 3 BGR frame shown at `pts` (in the input's time base)."""
+    def write(self, frame: SafeFrame, pts: int) -> None:
+        """Encode one H x W x 3 BGR frame shown at `pts` (in the input's time base).
+
+        Only a SafeFrame (daemon.safe): a plain array, which may be a raw frame, is a TypeError.
+        """
+        image = pixels(frame, "VideoWriter.write()")
         if image.shape != (self.info.height, self.info.width, 3) or image.dtype != np.uint8:
             raise ValueError(
                 f"expected a {self.info.height} x {self.info.width} x 3 uint8 frame, "
@@ -162,10 +167,10 @@ class VideoWriter:
                 image, 0, self._height - self.info.height, 0, self._width - self.info.width,
                 cv2.BORDER_REPLICATE,
             )
-        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-        frame.pts = self._out_pts(pts)
-        frame.time_base = self._time_base
-        self._mux(self._video.encode(frame))
+        picture = av.VideoFrame.from_ndarray(image, format="bgr24")
+        picture.pts = self._out_pts(pts)
+        picture.time_base = self._time_base
+        self._mux(self._video.encode(picture))
         self._count += 1
 
     def _out_pts(self, pts: int) -> int:

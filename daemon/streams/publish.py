@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from daemon.errors import StreamError
-from daemon.pipeline.safe import SafeFrame
+from daemon.safe import SafeFrame, pixels
 from daemon.streams.gst import MainLoopThread, gst, require_elements
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,7 @@ class CameraPublisher:
 
     def publish(self, frame: SafeFrame) -> None:
         """Send one frame to every viewer. Only SafeFrames are accepted (never a raw array)."""
-        if type(frame) is not SafeFrame:
-            raise TypeError(f"publish() takes a SafeFrame, got {type(frame).__name__}")
+        image = pixels(frame, "publish()")  # the one gate of every output (daemon.safe)
         Gst = gst()[0]
         with self._lock:
             if frame.size != self._size:
@@ -128,7 +127,7 @@ class CameraPublisher:
             appsrc = self._appsrc
         if appsrc is None:
             return
-        buffer = Gst.Buffer.new_wrapped(bgr_to_gst_i420(frame.image))
+        buffer = Gst.Buffer.new_wrapped(bgr_to_gst_i420(image))
         buffer.duration = int(Gst.SECOND / self._fps)
         appsrc.emit("push-buffer", buffer)
 

@@ -1,13 +1,19 @@
-"""The publisher accepts only SafeFrames, which only the anonymizer or fail-closed path make."""
+"""Every output (the publisher, the image and video writers) accepts only SafeFrames, which
+only the anonymizer or fail-closed path make; and the gate is a leaf module."""
+
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from daemon import safe
 from daemon.anonymizer.cpu import AnonymizedFrame, CpuAnonymizer
 from daemon.config import BlurConfig
 from daemon.errors import EngineError
-from daemon.pipeline import safe
-from daemon.pipeline.safe import SafeFrame
+from daemon.safe import SafeFrame
 
 PERSON = 15
 
@@ -73,3 +79,39 @@ def test_fail_closed_reveals_no_detail(style: str) -> None:
     assert out.kind == "fail_closed" and out.reason == "analyzer_error"
     assert out.image.shape == raw.shape
     assert float(np.abs(np.diff(out.image.astype(int), axis=1)).mean()) < 5
+
+
+def test_the_gate_imports_neither_numba_nor_the_blur_code() -> None:
+    code = ("import sys, daemon.safe; print(' '.join(m for m in sys.modules if m == 'numba' or "
+            "m.startswith(('numba.', 'daemon.anonymizer', 'daemon.pipeline', 'daemon.streams'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == []
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_the_image_writer_takes_only_a_safe_frame(tmp_path: Path, ext: str) -> None:
+    from daemon.media.image import read_image, write_image
+
+    raw = _raw()
+    for thing in (raw, AnonymizedFrame(raw, ())):
+        with pytest.raises(TypeError, match=r"write_image\(\) takes a SafeFrame"):
+            write_image(tmp_path / f"raw{ext}", thing)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+    write_image(tmp_path / f"out{ext}", safe.fail_closed(raw, "black", "test"))
+    assert not read_image(tmp_path / f"out{ext}").any()
+
+
+def test_the_video_writer_takes_only_a_safe_frame(tmp_path: Path) -> None:
+    from daemon.media.video_reader import VideoInfo
+    from daemon.media.video_writer import VideoWriter
+
+    raw = _raw()
+    info = VideoInfo(96, 64, Fraction(1, 25), Fraction(25), 0, "h264", "mp4")
+    with pytest.raises(TypeError, match=r"VideoWriter.write\(\) takes a SafeFrame"), \
+            VideoWriter(tmp_path / "raw.mp4", info, preset="ultrafast") as writer:
+        writer.write(raw, 0)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even the partial file
+    with VideoWriter(tmp_path / "out.mp4", info, preset="ultrafast") as writer:
+        for pts in range(3):
+            writer.write(safe.fail_closed(raw, "blur", "test"), pts)
+    assert writer.frames_written == 3 and (tmp_path / "out.mp4").stat().st_size > 0
