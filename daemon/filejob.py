@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Never
 
 from tqdm import tqdm
 
@@ -328,7 +328,7 @@ def _run_video(job: FileJob, guard: FrameGuard, options: FileOptions) -> None:
 
 
 @contextmanager
-def _progress(name: str, total: int, enabled: bool) -> Iterator[tqdm]:
+def _progress(name: str, total: int, enabled: bool) -> Iterator[tqdm[Never]]:  # counts, no items
     bar = tqdm(total=total or None, desc=name, unit="frame", disable=not enabled,
                leave=False, file=sys.stderr, dynamic_ncols=True)
     try:

@@ -88,7 +88,7 @@ class HostPass:
                 f"model output is {result.dtype} {show_shape(result.shape)}, expected integer"
                 " 1 x h x w"
             )
-        ids = result[0]
+        ids: NDArray[np.integer] = result[0]
         if ids.size and (int(ids.min()) < 0 or int(ids.max()) > 255):
             raise EngineError(
                 f"model output has class ids outside 0..255: {ids.min()}..{ids.max()}"

@@ -126,7 +126,8 @@ class MultiScaleAnalyzer:
         merge_protected(labels, tile, tile_labels, self._protected_table)
 
     def _to_host(self, labels: Any) -> LabelMap:
-        return labels
+        host: LabelMap = labels  # the host backends' labels are already numpy LabelMaps
+        return host
 
     def _despeckle(self, tile_labels: Any, tile: Tile) -> Any:
         """A tile's labels without protected specks (tiling.drop_specks)."""

@@ -94,7 +94,9 @@ class OnnxAnalyzer(MultiScaleAnalyzer):
         """The model's raw output (1 x C x h x w logits or 1 x h x w ids) for one BGR image."""
         tensor = self._host.preprocess(image)
         try:
-            return self._session.run([self._output], {self._input: tensor})[0]
+            # onnxruntime has no type information: its outputs are Any to mypy
+            output: np.ndarray = self._session.run([self._output], {self._input: tensor})[0]
+            return output
         except _ORT_ERRORS as exc:
             raise EngineError(f"inference failed: {first_line(exc)}") from exc
 

@@ -45,7 +45,8 @@ def openvino_module() -> ModuleType:
         raise BackendUnavailable(
             f"OpenVINO is not installed (pip install openvino; {exc})"
         ) from exc
-    return openvino
+    module: ModuleType = openvino  # OpenVINO has no type information: Any to mypy
+    return module
 
 
 def native_bf16(device: str = "CPU") -> bool:

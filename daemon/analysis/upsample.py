@@ -56,11 +56,15 @@ def _lerp(
     a: NDArray[np.float32], b: NDArray[np.float32], t: NDArray[np.float32]
 ) -> NDArray[np.float32]:
     """a * (1 - t) + b * t in float32, in the one order both implementations share."""
-    return a * (np.float32(1.0) - t) + b * t
+    mixed: NDArray[np.float32] = a * (np.float32(1.0) - t) + b * t  # numpy's stubs: Any
+    return mixed
 
 
-def upsampled_argmax_reference(logits: Logits, height: int, width: int) -> LabelMap:
-    """The spec: interpolate every class to height x width, then argmax (dense; memory C*H*W*4)."""
+def upsampled_argmax_reference(logits: Logits, height: int, width: int) -> NDArray[np.integer]:
+    """The spec: interpolate every class to height x width, then argmax (dense; memory C*H*W*4).
+
+    uint8 class ids (a LabelMap) for C <= 256, the argmax's intp beyond.
+    """
     channels = logits.shape[0]
     ys = linear_taps(logits.shape[1], height)
     xs = linear_taps(logits.shape[2], width)
@@ -69,7 +73,7 @@ def upsampled_argmax_reference(logits: Logits, height: int, width: int) -> Label
     top = _lerp(hwc[ys.lo][:, xs.lo], hwc[ys.lo][:, xs.hi], fx)
     bottom = _lerp(hwc[ys.hi][:, xs.lo], hwc[ys.hi][:, xs.hi], fx)
     values = _lerp(top, bottom, ys.frac[:, None, None])
-    labels = values.argmax(axis=2)
+    labels: NDArray[np.intp] = values.argmax(axis=2)
     return labels.astype(np.uint8) if channels <= 256 else labels
 
 
@@ -100,7 +104,7 @@ def _uncertain_cells(
     margin = top1 - runner_up.max(axis=0)
     scale = float(np.abs(top1).max()) + float(np.abs(logits.min()))
     thin = ~(margin > _MARGIN_RELATIVE * scale)  # also True for NaN
-    uncertain = thin | thin[:, right]
+    uncertain: NDArray[np.bool_] = thin | thin[:, right]
     uncertain |= uncertain[down]
     rows = low[down]
     uncertain |= (low != low[:, right]) | (low != rows) | (low != rows[:, right])
@@ -162,4 +166,5 @@ def upsampled_argmax_opencv(logits: Logits, height: int, width: int) -> LabelMap
     resized = cv2.resize(hwc, (width, height), interpolation=cv2.INTER_LINEAR)
     if resized.ndim == 2:
         resized = resized[:, :, None]
-    return resized.argmax(axis=2).astype(np.uint8)
+    labels: LabelMap = resized.argmax(axis=2).astype(np.uint8)
+    return labels

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numpy.typing import NDArray
 
 from daemon.anonymizer.objects import ObjectMap, gaussian_weights
 from daemon.types import Image
+
+Pixels = NDArray[np.uint8] | NDArray[np.float32]  # one line of n x 3 values (pass 1: uint8)
+Mask = NDArray[np.bool_]  # which of the line's pixels the object owns
 
 # Worst-case error of the uniform-weight approximation over both passes, in grey levels, is
 # 255 * sum|g_k - 1/K| (each pass errs by at most 127.5 * sum|g_k - 1/K|). Below 0.9 the rounded
@@ -47,7 +51,9 @@ def _find_runs(own: np.ndarray, n: int, starts: np.ndarray, ends: np.ndarray) ->
 
 
 @numba.njit(cache=True, nogil=True)
-def _exact_line(line, own, n, weights, res):
+def _exact_line(
+    line: Pixels, own: Mask, n: int, weights: NDArray[np.float32], res: NDArray[np.float32]
+) -> None:
     r = (weights.shape[0] - 1) // 2
     for x in range(n):
         if not own[x]:
@@ -69,7 +75,16 @@ def _exact_line(line, own, n, weights, res):
 
 
 @numba.njit(cache=True, nogil=True)
-def _flat_line(line, own, n, r, pref, starts, ends, res):
+def _flat_line(
+    line: Pixels,
+    own: Mask,
+    n: int,
+    r: int,
+    pref: NDArray[np.float64],
+    starts: NDArray[np.int64],
+    ends: NDArray[np.int64],
+    res: NDArray[np.float32],
+) -> None:
     nruns = _find_runs(own, n, starts, ends)
     if nruns == 0:
         return
@@ -130,7 +145,9 @@ def _flat_line(line, own, n, r, pref, starts, ends, res):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _uniform_taps_pixel(line, own, n, x, r, inv, res):
+def _uniform_taps_pixel(
+    line: Pixels, own: Mask, n: int, x: int, r: int, inv: float, res: NDArray[np.float32]
+) -> None:
     s0 = s1 = s2 = 0.0
     for k in range(-r, r + 1):
         p = x + k
@@ -150,7 +167,18 @@ def _uniform_taps_pixel(line, own, n, x, r, inv, res):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _general_pixel(line, x, r, lo, hi, pref, starts, ends, inv, res):
+def _general_pixel(
+    line: Pixels,
+    x: int,
+    r: int,
+    lo: int,
+    hi: int,
+    pref: NDArray[np.float64],
+    starts: NDArray[np.int64],
+    ends: NDArray[np.int64],
+    inv: float,
+    res: NDArray[np.float32],
+) -> None:
     # Several runs of the object in reach: O and O & M are unions of intervals.
     taps = 2 * r + 1
     count_o = 0
@@ -186,7 +214,18 @@ def _general_pixel(line, x, r, lo, hi, pref, starts, ends, inv, res):
 
 
 @numba.njit(cache=True, nogil=True)
-def _line(line, own, n, r, weights, flat, pref, starts, ends, res):
+def _line(
+    line: Pixels,
+    own: Mask,
+    n: int,
+    r: int,
+    weights: NDArray[np.float32],
+    flat: bool,
+    pref: NDArray[np.float64],
+    starts: NDArray[np.int64],
+    ends: NDArray[np.int64],
+    res: NDArray[np.float32],
+) -> None:
     if flat:
         _flat_line(line, own, n, r, pref, starts, ends, res)
     else:
@@ -194,7 +233,9 @@ def _line(line, own, n, r, weights, flat, pref, starts, ends, res):
 
 
 @numba.njit(cache=True, nogil=True)
-def horizontal_pass(values, own, weights, flat, out):
+def horizontal_pass(
+    values: Image, own: Mask, weights: NDArray[np.float32], flat: bool, out: NDArray[np.float32]
+) -> None:
     """The mask-symmetric pass along rows of `values` (h x w x 3) into float32 `out`.
 
     Only owned pixels of `out` are written; the caller zeroes the rest (the vertical pass's
@@ -213,7 +254,9 @@ _BLOCK = 16  # columns gathered at once, so the vertical pass reads and writes w
 
 
 @numba.njit(cache=True, nogil=True)
-def vertical_pass_to_uint8(values, own, weights, flat, out):
+def vertical_pass_to_uint8(
+    values: NDArray[np.float32], own: Mask, weights: NDArray[np.float32], flat: bool, out: Image
+) -> None:
     """The pass along columns of `values` (float32, h x w x 3), rounded into `out` (uint8).
 
     Columns are gathered in blocks into contiguous lines, so the pass needs no transposed copy

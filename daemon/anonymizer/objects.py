@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numba
 import numpy as np
+from numpy.typing import NDArray
 
 # BlurObject lives in daemon.types (a leaf the SafeFrame gate can import without numba)
 from daemon.types import BlurObject as BlurObject
@@ -40,12 +41,13 @@ def kernel_size(w: int, h: int, params: BlurParams) -> int:
     return int(min(max(k, params.min_kernel), params.max_kernel))
 
 
-def gaussian_weights(kernel: int, sigma: float) -> np.ndarray:
+def gaussian_weights(kernel: int, sigma: float) -> NDArray[np.float32]:
     """The normalised 1-D weights g_k, k = -r..r, as float32 (the arithmetic of the spec)."""
     r = (kernel - 1) // 2
     k = np.arange(-r, r + 1, dtype=np.float64)
     g = np.exp(-(k * k) / (2.0 * sigma * sigma))
-    return (g / g.sum()).astype(np.float32)
+    weights: NDArray[np.float32] = (g / g.sum()).astype(np.float32)  # numpy's stubs: Any
+    return weights
 
 
 def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
@@ -72,7 +74,13 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int,
 
 
 @numba.njit(cache=True, nogil=True)
-def _paint(comp, lut, kernels, owner, owner_kernel):
+def _paint(
+    comp: np.ndarray,
+    lut: NDArray[np.int32],
+    kernels: NDArray[np.int32],
+    owner: Ownership,
+    owner_kernel: NDArray[np.int32],
+) -> None:
     h, w = comp.shape
     for y in range(h):
         for x in range(w):

@@ -11,16 +11,19 @@ from typing import Any
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
 from daemon.analysis.tiling import Tile
 from daemon.analysis.upsample import linear_taps
 from daemon.gpu.kernels import Kernels
 
 
-def nearest_taps(src: int, dst: int) -> np.ndarray:
+def nearest_taps(src: int, dst: int) -> NDArray[np.int32]:
     """Source index of each of `dst` samples, as cv2's INTER_NEAREST_EXACT picks them."""
     index = np.arange(src, dtype=np.float32)[None, :]
-    return cv2.resize(index, (dst, 1), interpolation=cv2.INTER_NEAREST_EXACT)[0].astype(np.int32)
+    resized = cv2.resize(index, (dst, 1), interpolation=cv2.INTER_NEAREST_EXACT)
+    taps: NDArray[np.int32] = resized[0].astype(np.int32)  # cv2's stubs: indexing gives Any
+    return taps
 
 
 class LinearTapsOn:

@@ -190,7 +190,8 @@ class DeviceAnonymizer:
 
 
 def _to_host(array: Any) -> np.ndarray:
-    return array.get() if hasattr(array, "get") else array
+    host: np.ndarray = array.get() if hasattr(array, "get") else array  # CuPy or numpy
+    return host
 
 
 class _ShapeProbe:

@@ -10,11 +10,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.config import BlurConfig, Config
 from daemon.errors import BackendUnavailable
 from daemon.gpu.engine import GpuIdentity, default_cache_dir, ensure_engine, tensorrt_module
+
+if TYPE_CHECKING:  # imported where used: CuPy and TensorRT load only when the GPU is chosen
+    from daemon.gpu.anonymizer import DeviceAnonymizer
+    from daemon.gpu.tensorrt_backend import TrtAnalyzer
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,8 @@ def cupy_module() -> ModuleType:
         raise BackendUnavailable(f"no usable CUDA driver: {exc}") from exc
     if count < 1:
         raise BackendUnavailable("no CUDA device found")
-    return cupy
+    module: ModuleType = cupy  # CuPy has no type information: Any to mypy
+    return module
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ def open_device(device_id: int = 0) -> GpuDevice:
     return GpuDevice(cupy, identity, stream, kernels)
 
 
-def create_gpu_analyzer(config: Config, device: GpuDevice | None = None) -> Any:
+def create_gpu_analyzer(config: Config, device: GpuDevice | None = None) -> TrtAnalyzer:
     """A TensorRT analyzer for `config.model`, building the cached engine on first use."""
     from daemon.analysis.manifest import class_ids, load_manifest
 
@@ -84,7 +89,7 @@ def create_gpu_analyzer(config: Config, device: GpuDevice | None = None) -> Any:
 
 def create_gpu_anonymizer(
     class_ids: Sequence[int], blur: BlurConfig, device: GpuDevice | None = None
-) -> Any:
+) -> DeviceAnonymizer:
     """The device anonymizer (daemon.gpu.anonymizer.DeviceAnonymizer) on `device`."""
     from daemon.gpu.anonymizer import DeviceAnonymizer
 

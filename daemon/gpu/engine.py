@@ -43,7 +43,8 @@ def tensorrt_module() -> ModuleType:
         raise BackendUnavailable(
             f"TensorRT is not installed (pip install tensorrt; {exc})"
         ) from exc
-    return tensorrt
+    module: ModuleType = tensorrt  # TensorRT has no type information: Any to mypy
+    return module
 
 
 @dataclass(frozen=True)
@@ -137,11 +138,11 @@ class BuildProgress:
 
 def _progress_monitor(trt: ModuleType, progress: BuildProgress) -> Any:
     """A trt.IProgressMonitor forwarding to `progress` (TensorRT >= 10), or None."""
-    base = getattr(trt, "IProgressMonitor", None)
+    base: Any = getattr(trt, "IProgressMonitor", None)  # a pybind11 class (TensorRT is untyped)
     if base is None:
         return None
 
-    class Monitor(base):  # type: ignore[misc, valid-type]
+    class Monitor(base):  # type: ignore[misc]  # subclassing Any: TensorRT is untyped
         def __init__(self) -> None:
             base.__init__(self)
 

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from daemon.gpu.analysis import (
 )
 from daemon.types import Image, LabelMap
 
+if TYPE_CHECKING:
+    from daemon.gpu.backend import GpuDevice
+
 log = logging.getLogger(__name__)
 
 
@@ -34,7 +37,7 @@ class TrtAnalyzer(MultiScaleAnalyzer):
     def __init__(
         self,
         trt: ModuleType,
-        device: Any,
+        device: GpuDevice,
         plan: Path,
         manifest: Manifest,
         *,
@@ -85,7 +88,7 @@ class TrtAnalyzer(MultiScaleAnalyzer):
         log.info("analyzer ready: %s, model %s, plan %s", self.describe, manifest.name, plan.name)
 
     @property
-    def device(self) -> Any:
+    def device(self) -> GpuDevice:
         """The GpuDevice this analyzer runs on (its stream and kernels)."""
         return self._device
 
@@ -112,7 +115,8 @@ class TrtAnalyzer(MultiScaleAnalyzer):
         merge_protected_on(labels, tile, tile_labels, self._protected_on_device)
 
     def _to_host(self, labels: Any) -> LabelMap:
-        return labels.get()
+        host: LabelMap = labels.get()  # a CuPy array's download (CuPy is untyped)
+        return host
 
     def _despeckle(self, tile_labels: Any, tile: Tile) -> Any:
         # connected components on the host: one small (tile-sized) round trip per tile

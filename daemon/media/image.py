@@ -41,7 +41,7 @@ def read_image(path: Path) -> Image:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise MediaError(f"{path}: not a readable image (or corrupt)")
-    return image
+    return image.astype(np.uint8, copy=False)  # cv2's stubs lose the dtype: IMREAD_COLOR is uint8
 
 
 def encode_image(path: Path, image: np.ndarray) -> bytes:

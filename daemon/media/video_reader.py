@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 import av
 import av.container
 import av.stream
+import numpy as np
 
 from daemon.errors import MediaError
 from daemon.media.matroska import segment_missing_bytes
@@ -19,7 +21,11 @@ from daemon.types import Image
 
 log = logging.getLogger(__name__)
 
-AudioSink = Callable[[av.Packet], None]
+if TYPE_CHECKING:  # PyAV's packets are generic in its stubs only
+    AudioPacket: TypeAlias = av.Packet[av.audio.stream.AudioStream]
+    VideoPacket: TypeAlias = av.Packet[av.video.stream.VideoStream]
+
+AudioSink = Callable[["AudioPacket"], None]
 
 _DEFAULT_RATE = Fraction(25)
 
@@ -132,19 +138,21 @@ class VideoReader:
         for packet in self._demux(audio):
             if packet.stream is not self._video:
                 if audio_sink is not None and packet.size and packet.dts is not None:
-                    audio_sink(packet)
+                    # demuxed from the audio stream, the only other stream asked for
+                    audio_sink(cast("AudioPacket", packet))
                 continue
             if packet.size:
                 packets += 1
                 last_dts = packet.dts if packet.dts is not None else last_dts
-            for frame in self._decode(packet):
+            for frame in self._decode(cast("VideoPacket", packet)):
                 index = self._decoded
-                image = frame.to_ndarray(format="bgr24")
+                # bgr24 is uint8 (PyAV's stubs allow every dtype it can make)
+                image = frame.to_ndarray(format="bgr24").astype(np.uint8, copy=False)
                 yield VideoFrame(image, timing.pts(frame.pts, index), self.info.time_base, index)
                 self._decoded += 1
         self._check_complete(self._decoded, packets, last_dts)
 
-    def _demux(self, audio: av.stream.Stream | None) -> Iterator[av.Packet]:
+    def _demux(self, audio: av.stream.Stream | None) -> Iterator[av.Packet[av.stream.Stream]]:
         streams = [self._video] if audio is None else [self._video, audio]
         packets = self._container.demux(*streams)
         while True:
@@ -159,7 +167,7 @@ class VideoReader:
                 ) from None
             yield packet
 
-    def _decode(self, packet: av.Packet) -> list[av.VideoFrame]:
+    def _decode(self, packet: VideoPacket) -> list[av.VideoFrame]:
         try:
             return packet.decode()
         except av.FFmpegError as exc:

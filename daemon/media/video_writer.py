@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import av
 import av.container
@@ -17,6 +19,9 @@ from daemon.media.atomic import AtomicPath
 from daemon.media.formats import VIDEO_EXTENSIONS
 from daemon.media.video_reader import VideoInfo
 from daemon.safe import SafeFrame, pixels
+
+if TYPE_CHECKING:
+    from daemon.media.video_reader import AudioPacket
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +137,7 @@ class VideoWriter:
         stream.time_base = self._time_base
         stream.codec_context.time_base = self._time_base
         self._video = stream
-        self._audio_out: av.stream.Stream | None = None
+        self._audio_out: av.audio.stream.AudioStream | None = None
         self._audio_copy = False
         if self._audio_in is not None:
             self._add_audio(self._audio_in)
@@ -163,10 +168,11 @@ class VideoWriter:
                 f"got {image.shape} {image.dtype}"
             )
         if (self._width, self._height) != (self.info.width, self.info.height):
-            image = cv2.copyMakeBorder(
+            padded = cv2.copyMakeBorder(
                 image, 0, self._height - self.info.height, 0, self._width - self.info.width,
                 cv2.BORDER_REPLICATE,
             )
+            image = padded.astype(np.uint8, copy=False)  # cv2's stubs lose the dtype: uint8
         picture = av.VideoFrame.from_ndarray(image, format="bgr24")
         picture.pts = self._out_pts(pts)
         picture.time_base = self._time_base
@@ -184,7 +190,7 @@ class VideoWriter:
         self._last_pts = pts
         return self._count
 
-    def write_audio(self, packet: av.Packet) -> None:
+    def write_audio(self, packet: AudioPacket) -> None:
         """Copy (or transcode) one packet of the audio stream given at construction."""
         if self._audio_out is None:
             raise ValueError("this writer was created without an audio stream")
@@ -202,7 +208,7 @@ class VideoWriter:
             frame.pts = None  # the encoder counts samples; input gaps are not worth a failure
             self._mux(self._audio_out.encode(frame))
 
-    def _mux(self, packets: list[av.Packet]) -> None:
+    def _mux(self, packets: Sequence[av.Packet[Any]]) -> None:  # of either stream
         container = self._open_container()
         try:
             container.mux(packets)

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -90,7 +91,7 @@ class CameraPublisher:
         )
         self.factory.connect("media-configure", self._on_media_configure)
 
-    def _caps(self):
+    def _caps(self) -> Any:  # a Gst.Caps (PyGObject is untyped: its objects are Any)
         Gst = gst()[0]
         width, height = self._size or (640, 360)
         num, den = Gst.util_double_to_fraction(self._fps)
@@ -99,7 +100,7 @@ class CameraPublisher:
             f"video/x-raw,format=I420,width={width},height={height},framerate={rate}"
         )
 
-    def _on_media_configure(self, _factory, media) -> None:
+    def _on_media_configure(self, _factory: object, media: Any) -> None:
         appsrc = media.get_element().get_by_name("src")
         appsrc.set_property("caps", self._caps())
         media.connect("unprepared", self._on_unprepared)
@@ -107,7 +108,7 @@ class CameraPublisher:
             self._appsrc = appsrc
         log.info("stream %s: media prepared for viewers", self.name)
 
-    def _on_unprepared(self, _media) -> None:
+    def _on_unprepared(self, _media: object) -> None:
         with self._lock:
             self._appsrc = None
         log.info("stream %s: no more viewers, media released", self.name)
@@ -162,7 +163,7 @@ class RtspServer:
             self._server.set_auth(self._auth())
         self._server.connect("client-connected", self._on_client)
 
-    def _auth(self):
+    def _auth(self) -> Any:  # a GstRtspServer.RTSPAuth
         from gi.repository import GstRtsp
 
         _, _, _, GstRtspServer = gst()
@@ -230,13 +231,13 @@ class RtspServer:
         path = publisher.path
 
         def drop_sessions() -> None:
-            def session_filter(_client, session):
+            def session_filter(_client: object, session: Any) -> Any:
                 for media in session.filter(None):
                     if media.get_path() == path:
                         return GstRtspServer.RTSPFilterResult.REMOVE
                 return GstRtspServer.RTSPFilterResult.KEEP
 
-            def client_filter(_server, client):
+            def client_filter(_server: object, client: Any) -> Any:
                 client.session_filter(session_filter)
                 return GstRtspServer.RTSPFilterResult.KEEP
 
@@ -245,11 +246,11 @@ class RtspServer:
         self._loop.call(drop_sessions)
         log.info("stream %s: unmounted", publisher.name)
 
-    def _on_client(self, _server, client) -> None:
+    def _on_client(self, _server: object, client: Any) -> None:
         key = id(client)
         self._clients[key] = set()
 
-        def on_play(_client, ctx) -> None:
+        def on_play(_client: object, ctx: Any) -> None:
             path = ctx.uri.abspath if ctx.uri is not None else ""
             publisher = self._publishers.get(path)
             if publisher is not None and path not in self._clients.get(key, set()):
@@ -258,7 +259,7 @@ class RtspServer:
                 log.info("stream %s: viewer connected (%d watching)", publisher.name,
                          publisher.viewers)
 
-        def on_gone(*_args) -> None:
+        def on_gone(*_args: object) -> None:
             for path in self._clients.pop(key, set()):
                 publisher = self._publishers.get(path)
                 if publisher is not None:
