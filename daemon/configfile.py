@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 import sys
 import types
 import typing
@@ -281,6 +282,24 @@ def _message(error: Any, model: type[BaseModel], loc: Loc) -> str:
     return message
 
 
+_KEY_PATH = re.compile(r"^([A-Za-z_]\w*(?:\[\d+\]|\.[A-Za-z_]\w*)*): (.+)$", re.DOTALL)
+
+
+def _named_in_message(tree: _Tree, message: str) -> tuple[_Mark, Loc, str] | None:
+    """A whole-config check's "cameras[1].blur: reason" points at that key, if it is in the file."""
+    match = _KEY_PATH.match(message)
+    if match is None:
+        return None
+    loc: Loc = tuple(
+        int(index) if index else name
+        for index, name in re.findall(r"\[(\d+)\]|([A-Za-z_]\w*)", match.group(1))
+    )
+    mark, shown = _locate(tree, loc, missing=False)
+    if shown != loc:
+        return None
+    return mark, shown, match.group(2)
+
+
 def _validation_problems(
     exc: ValidationError, model: type[BaseModel], tree: _Tree
 ) -> list[tuple[_Mark, str]]:
@@ -288,6 +307,9 @@ def _validation_problems(
     for error in exc.errors(include_url=False):
         mark, shown = _locate(tree, tuple(error["loc"]), missing=error["type"] == "missing")
         message = _message(error, model, shown)
+        named = _named_in_message(tree, message) if not shown else None
+        if named is not None:
+            mark, shown, message = named
         problems.append((mark, f"{_format_loc(shown)}: {message}" if shown else message))
     return problems
 

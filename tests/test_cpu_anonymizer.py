@@ -42,10 +42,10 @@ def test_dilation_grows_what_is_blurred(scene):
 
 def test_global_mode_blurs_the_whole_frame(scene):
     frame, labels = scene
-    blur = BlurConfig(mode="global", global_kernel=31)
+    blur = BlurConfig(mode="global", global_kernel=63)
     result = CpuAnonymizer((15,), blur).anonymize(frame, labels)
     assert result.objects == ()
-    np.testing.assert_array_equal(result.frame, global_blur(frame, 31, 310.0))
+    np.testing.assert_array_equal(result.frame, global_blur(frame, 63, 630.0))
     assert result.frame.std() < 0.2 * frame.std()
 
 
