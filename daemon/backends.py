@@ -103,7 +103,7 @@ def _onnxruntime(config: Config) -> Backend:
         manifest,
         threads=config.model.threads,
         tiling=config.analysis.tiling,
-        protected=class_ids(manifest, config.anonymize),
+        protected=class_ids(manifest, config.analyzed_classes),
     )
     return Backend("onnxruntime", analyzer, _cpu_anonymizer)
 
@@ -122,7 +122,7 @@ def _openvino_on(ov_device: str) -> Callable[[Config], Backend]:
             precision=precision,
             threads=config.model.threads,
             tiling=config.analysis.tiling,
-            protected=class_ids(manifest, config.anonymize),
+            protected=class_ids(manifest, config.analyzed_classes),
         )
         return Backend("openvino", analyzer, _cpu_anonymizer)
 

@@ -99,14 +99,23 @@ class AnalysisConfig(FrozenModel):
     temporal: Literal["bracket", "hold"] = Field(
         "bracket",
         description="bracket: blur each frame with the union of the analyses before and after it"
-        " (adds one analysis interval of latency); hold: the last analysis, held for hold_frames"
-        " frames with a larger dilation (no added latency)",
+        " and the hull each object swept in between (adds one analysis interval of latency);"
+        " hold: the last analysis moved on at the measured velocity, for at most hold_ms, with a"
+        " larger dilation (no added latency; cannot cover what appears or turns in between)",
+    )
+    max_speed: float = Field(
+        0.75, gt=0.0, le=10.0,
+        description="fastest motion the temporal masks cover, in frame widths (long side) per"
+        " second: objects of two analyses this close are one object, objects seen by only one"
+        " are grown by this speed x the time since (or until) it",
     )
     bracket_dilation: int = Field(
         4, ge=0, le=128, description="extra pixels the bracketing union is grown by"
     )
-    hold_frames: int = Field(
-        15, ge=1, le=300, description="hold: frames a mask may be reused for before failing closed"
+    hold_ms: int = Field(
+        500, ge=10, le=10000,
+        description="hold: a mask whose frame arrived more than this many ms before the frame"
+        " it would blur is too old: the frame fails closed",
     )
     hold_dilation: int = Field(
         16, ge=0, le=256, description="hold: extra pixels a held mask is grown by (motion margin)"
@@ -347,6 +356,11 @@ class IngestConfig(FrozenModel):
     stale_frames: int = Field(
         2, ge=0, le=300, description="frames dropped right after each (re)connect"
     )
+    max_pixels: int = Field(
+        3840 * 2160, ge=64 * 64, le=8192 * 8192,
+        description="frames larger than this many pixels are refused (logged, the stream"
+        " publishes fail-closed frames): bounds memory and time per frame",
+    )
 
     @model_validator(mode="after")
     def _backoff_range(self) -> IngestConfig:
@@ -450,6 +464,15 @@ class Config(FrozenModel):
 
     def camera_classes(self, camera: CameraConfig) -> tuple[str, ...]:
         return camera.anonymize if camera.anonymize is not None else self.anonymize
+
+    @property
+    def analyzed_classes(self) -> tuple[str, ...]:
+        """Every class some camera blurs (the global list, then cameras' own, each once): the
+        analyzer keeps all of them when it merges tiles and drops specks."""
+        names = list(self.anonymize)
+        for camera in self.cameras:
+            names += [n for n in self.camera_classes(camera) if n not in names]
+        return tuple(names)
 
 
 def _first_error(exc: ValueError) -> str:

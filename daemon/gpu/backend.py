@@ -75,7 +75,7 @@ def create_gpu_analyzer(config: Config, device: GpuDevice | None = None) -> TrtA
     from daemon.analysis.manifest import class_ids, load_manifest
 
     manifest = load_manifest(config.model.manifest_path)
-    protected = class_ids(manifest, config.anonymize)
+    protected = class_ids(manifest, config.analyzed_classes)
     device = device or open_device()
     trt = tensorrt_module()
     from daemon.gpu.tensorrt_backend import TrtAnalyzer

@@ -3,8 +3,11 @@
 The analysis thread runs one region of the analyzer's multi-scale plan (the full frame, then
 each tile, round robin) at a time, always on the newest frame. The output thread publishes at
 the camera's frame rate: each frame is anonymized with the analyses that `temporal.decide`
-picks for every region, or fails closed; only SafeFrames reach the publisher.
-During an outage the last fail-closed frame is repeated, so viewers keep a live stream.
+picks for every region (plus where their objects moved: `temporal.motion_cover`), or fails
+closed; only SafeFrames reach the publisher. A frame is published within `budget_ms` of its
+arrival or fails closed, and the queue of frames waiting for analyses is bounded.
+A run of fail-closed frames repeats one frozen fail-closed picture (a run of blurred shifted
+frames would give an attacker many looks); during an outage it keeps viewers' stream alive.
 """
 
 from __future__ import annotations
@@ -18,27 +21,31 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from daemon import safe
 from daemon.analysis.tiling import Tile
 from daemon.config import AnalysisConfig, IngestConfig
 from daemon.interfaces import Analyzer, Anonymizer
 from daemon.metrics import Metrics
-from daemon.pipeline import safe
-from daemon.pipeline.safe import SafeFrame
+from daemon.pipeline.motion import CELL, object_cells
 from daemon.pipeline.temporal import (
     Analysis,
     Anonymize,
     FailClosed,
     Wait,
     decide,
+    motion_cover,
     still_needed,
     union_labels,
+    with_cover,
 )
+from daemon.safe import SafeFrame
 from daemon.streams.ingest import CameraFrame, CameraReader, CameraSource
 from daemon.types import Image, LabelMap
 
 log = logging.getLogger(__name__)
 
 _MAX_ANALYSES = 512  # a backstop only: still_needed() keeps what pending frames may use
+_MAX_PENDING_S = 2.0  # frames waiting for analyses, in budgets: older ones are dropped
 _PLACEHOLDER = (640, 360)
 _PLACEHOLDER_FPS = 10.0
 
@@ -87,6 +94,8 @@ class CameraPipeline:
         self._analysis_failing = False
         self._publish_failing = False
         self._fail_state: str | None = "connecting"
+        self._frozen: SafeFrame | None = None  # the fail-closed picture of the current run
+        self._refused_size: tuple[int, int] | None = None  # a frame size above max_pixels
         self.last_anonymized = 0.0  # monotonic time of the last anonymized frame published
         self._analysis_started: float | None = None
         now = time.monotonic()
@@ -133,6 +142,9 @@ class CameraPipeline:
 
     def _on_frame(self, frame: CameraFrame) -> None:
         self._metrics.frames_in.inc(self.name)
+        if not self._size_allowed(frame.image):
+            self._metrics.dropped.inc(self.name, "too_large")
+            return
         with self._cv:
             if frame.epoch != self._epoch:
                 stale = sum(1 for f in self._pending if f.epoch != frame.epoch)
@@ -141,10 +153,31 @@ class CameraPipeline:
                 self._pending = deque(f for f in self._pending if f.epoch == frame.epoch)
                 self._epoch = frame.epoch
             self._pending.append(frame)
+            limit = max(8, int(_MAX_PENDING_S * self.setup.analysis.budget_ms / 1000.0
+                               * (frame.fps or self._fps or 25.0)))
+            if len(self._pending) > limit:  # output far behind: the oldest are past budget
+                self._pending.popleft()
+                self._metrics.dropped.inc(self.name, "backlog")
             self._latest = frame
             self._fps = frame.fps or self._fps or 25.0
             self._last_arrival = frame.arrived
             self._cv.notify_all()
+
+    def _size_allowed(self, image: Image) -> bool:
+        """False (logged once per size) for frames above ingest.max_pixels."""
+        h, w = image.shape[:2]
+        if h * w <= self.setup.ingest.max_pixels:
+            if self._refused_size is not None:
+                log.info("camera %s: stream is %dx%d now, within ingest.max_pixels", self.name,
+                         w, h)
+                self._refused_size = None
+            return True
+        if self._refused_size != (w, h):
+            self._refused_size = (w, h)
+            log.error("camera %s: stream is %dx%d (%d pixels), above ingest.max_pixels (%d):"
+                      " frames refused, publishing fail-closed frames", self.name, w, h, h * w,
+                      self.setup.ingest.max_pixels)
+        return False
 
     def _on_state(self, connected: bool, reason: str) -> None:
         with self._cv:
@@ -203,13 +236,16 @@ class CameraPipeline:
                     raise ValueError(f"analyzer returned {region_labels.shape} "
                                      f"{region_labels.dtype} labels for a {region.height} x "
                                      f"{region.width} region")
-            results = [Analysis(frame.epoch, frame.seq, region_labels, region=region)
-                       for region, region_labels in zip(regions, labels, strict=True)]
+            results = [
+                Analysis(frame.epoch, frame.seq, region_labels, region=region,
+                         arrived=frame.arrived,
+                         cells=object_cells(region_labels, region, self.setup.protected))
+                for region, region_labels in zip(regions, labels, strict=True)]
             error = ""
         except Exception as exc:  # any analyzer failure: the frames around it fail closed
             error = f"{type(exc).__name__}: {exc}"
-            results = [Analysis(frame.epoch, frame.seq, None, error, region=region)
-                       for region in regions]
+            results = [Analysis(frame.epoch, frame.seq, None, error, region=region,
+                                arrived=frame.arrived) for region in regions]
         finally:
             self._analysis_started = None
         self._metrics.analysis_seconds.observe(self.name, value=time.monotonic() - started)
@@ -240,7 +276,8 @@ class CameraPipeline:
                 while self._pending:
                     frame = self._pending[0]
                     decision = decide(frame.epoch, frame.seq, now - frame.arrived, analyses,
-                                      self.setup.analysis, self._plan(frame.image))
+                                      self.setup.analysis, self._plan(frame.image),
+                                      arrived=frame.arrived)
                     if isinstance(decision, Wait):
                         break
                     ready.append((self._pending.popleft(), decision))
@@ -248,9 +285,14 @@ class CameraPipeline:
                 if ready:
                     self._forget_analyses()
                 last_arrival = self._last_arrival
+            budget_s = self.setup.analysis.budget_ms / 1000.0
             for frame, decision in ready:
-                out, union_cache = self._render(frame, decision, union_cache)
-                self._emit(out)
+                if isinstance(decision, Anonymize) and time.monotonic() - frame.arrived > budget_s:
+                    decision = FailClosed("output_late")  # rendering earlier frames took long
+                out, reason, union_cache = self._render(frame, decision, union_cache)
+                if out.kind == "anonymized" and time.monotonic() - frame.arrived > budget_s:
+                    out, reason = self._fail(frame.image), "output_late"  # rendering too slow
+                self._emit(out, reason)
                 last_raw = frame.image
                 outage_frame = None
                 last_publish = time.monotonic()
@@ -263,7 +305,7 @@ class CameraPipeline:
                 if outage_frame is None:
                     outage_frame = (
                         safe.placeholder(*_PLACEHOLDER) if last_raw is None
-                        else safe.fail_closed(last_raw, self.setup.fail_style, "outage")
+                        else self._fail(last_raw)
                     )
                     last_raw = None
                 self._emit(outage_frame, "outage")
@@ -282,9 +324,10 @@ class CameraPipeline:
             self._analyses = deque(keep, maxlen=_MAX_ANALYSES)
 
     def _render(self, frame: CameraFrame, decision: FailClosed | Anonymize, cache: _UnionCache
-                ) -> tuple[SafeFrame, _UnionCache]:
+                ) -> tuple[SafeFrame, str | None, _UnionCache]:
+        """The frame to publish, the fail-closed reason (None if anonymized), the cache."""
         if isinstance(decision, FailClosed):
-            return self._fail(frame.image, decision.reason), cache
+            return self._fail(frame.image), decision.reason, cache
         try:
             shape = frame.image.shape[:2]
             # the same analyses with another dilation or frame size are another mask; the key
@@ -294,19 +337,34 @@ class CameraPipeline:
                 labels = union_labels(decision.analyses, self.setup.protected, decision.dilation,
                                       shape)
                 cache = (key, labels)
-            return safe.anonymized(self._anonymizer, frame.image, cache[1]), cache
+            cover = motion_cover(decision, self._speed(frame), shape)
+            labels = with_cover(cache[1], cover, self.setup.protected)
+            return safe.anonymized(self._anonymizer, frame.image, labels), None, cache
         except Exception as exc:  # a pipeline bug must never publish the raw frame
             log.debug("camera %s: rendering failed: %s", self.name, exc)
             self._note_fail("pipeline_error", f"{type(exc).__name__}: {exc}")
-            return self._fail(frame.image, "pipeline_error"), None
+            return self._fail(frame.image), "pipeline_error", None
 
-    def _fail(self, image: Image, reason: str) -> SafeFrame:
+    def _speed(self, frame: CameraFrame) -> float:
+        """analysis.max_speed in motion-grid cells per frame of this camera."""
+        h, w = frame.image.shape[:2]
+        fps = float(frame.fps or self._fps or 25.0)
+        return float(self.setup.analysis.max_speed * max(h, w) / fps / CELL)
+
+    def _fail(self, image: Image) -> SafeFrame:
+        """The frozen fail-closed picture of this run of failed frames (made from the first
+        one; remade only if the frame size changes)."""
+        frozen = self._frozen
+        if frozen is not None and frozen.image.shape == image.shape:
+            return frozen
         try:
-            return safe.fail_closed(image, self.setup.fail_style, reason)
+            frozen = safe.fail_closed(image, self.setup.fail_style, "fail_closed")
         except Exception:
             log.exception("camera %s: fail-closed rendering failed; sending black", self.name)
             h, w = image.shape[:2] if image.ndim >= 2 else _PLACEHOLDER[::-1]
-            return safe.placeholder(w, h)
+            frozen = safe.placeholder(w, h)
+        self._frozen = frozen
+        return frozen
 
     def _note_fail(self, reason: str, detail: str = "") -> None:
         if self._fail_state != reason:
@@ -314,8 +372,10 @@ class CameraPipeline:
             log.warning("camera %s: publishing fail-closed frames (%s%s)", self.name, reason,
                         f": {detail}" if detail else "")
 
-    def _emit(self, frame: SafeFrame, outage_reason: str | None = None) -> None:
+    def _emit(self, frame: SafeFrame, reason: str | None = None) -> None:
+        """Publish `frame`; `reason`: why a fail-closed frame is (default: its own tag)."""
         if frame.kind == "anonymized":
+            self._frozen = None  # the run of fail-closed frames is over
             if self._fail_state is not None:
                 log.info("camera %s: publishing anonymized frames", self.name)
                 self._fail_state = None
@@ -325,7 +385,7 @@ class CameraPipeline:
                     self.name, self.setup.class_names.get(obj.class_id, str(obj.class_id)))
             self.last_anonymized = time.monotonic()
         else:
-            reason = outage_reason or frame.reason
+            reason = reason or frame.reason
             self._note_fail(reason)
             self._metrics.published_fail_closed.inc(self.name, reason)
         if self._fps:

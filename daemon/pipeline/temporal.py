@@ -5,14 +5,19 @@ An analysis covers one region of the analyzer's multi-scale plan (the full frame
 tile); the daemon schedules the regions over successive frames. The rule, per region:
 - bracket: frame t is blurred with, for every region of its plan, the last analysis of that
   region at or before t and the first at or after t (the union of their masks, grown by
-  `bracket_dilation`). A frame waits until every region has an analysis at or after it.
-- hold: for every region, the last analysis at or before t, no older than `hold_frames`.
+  `bracket_dilation`), plus where their objects may have moved in between (`motion`).
+  A frame waits until every region has an analysis at or after it.
+- hold: for every region, the last analysis at or before t (its frame arrived at most
+  `hold_ms` before t's), grown by `hold_dilation`, plus where its objects moved on at the
+  velocity measured against the region's analysis before it (`motion`).
 So a small person whom only a tile finds is covered on every frame between two analyses of
-that tile, exactly as the full-frame pass covers large people.
+that tile, exactly as the full-frame pass covers large people. In both modes a frame older
+than `budget_ms` fails closed, whatever analyses exist.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +26,16 @@ import numpy as np
 from daemon.analysis.tiling import Tile
 from daemon.anonymizer.objects import dilate
 from daemon.config import AnalysisConfig
+from daemon.pipeline.motion import (
+    CELL,
+    Blob,
+    Cover,
+    ObjectCells,
+    bracket_cover,
+    grid_shape,
+    hold_cover,
+    merged_blobs,
+)
 from daemon.types import LabelMap
 
 FULL_FRAME: tuple[Tile | None, ...] = (None,)  # the plan of an analyzer without tiles
@@ -31,7 +46,8 @@ class Analysis:
     """The analyzer's result for `region` of frame `seq` of connection `epoch`.
 
     labels: region.height x region.width class ids (the whole frame for region None), or None
-    when the analysis failed.
+    when the analysis failed. arrived: when the analyzed frame arrived (monotonic seconds);
+    cells: its protected pixels on the motion grid (`motion.object_cells`), if known.
     """
 
     epoch: int
@@ -39,14 +55,31 @@ class Analysis:
     labels: LabelMap | None
     error: str = ""
     region: Tile | None = None
+    arrived: float = 0.0
+    cells: ObjectCells | None = None
 
 
 @dataclass(frozen=True)
 class Anonymize:
-    """Blur the frame with the union of `analyses`' masks, grown by `dilation` pixels."""
+    """Blur frame `seq` with the union of the masks of `before` and `after` (bracket; hold:
+    `before` only), grown by `dilation` pixels, plus the motion cover (`motion_cover`).
+    `previous`: hold only, the analysis before each of `before` (for velocities)."""
 
-    analyses: tuple[Analysis, ...]
+    seq: int
+    before: tuple[Analysis, ...]
+    after: tuple[Analysis, ...]
+    previous: tuple[Analysis, ...]
     dilation: int
+
+    @property
+    def analyses(self) -> tuple[Analysis, ...]:
+        """The analyses whose masks are unioned, each once."""
+        return _unique(self.before + self.after)
+
+    @property
+    def still(self) -> bool:
+        """True when every analysis used is of this very frame (no motion to cover)."""
+        return all(a.seq == self.seq for a in self.analyses)
 
 
 @dataclass(frozen=True)
@@ -69,42 +102,52 @@ def decide(
     analyses: Sequence[Analysis],
     config: AnalysisConfig,
     plan: Sequence[Tile | None] = FULL_FRAME,
+    *,
+    arrived: float = 0.0,
 ) -> Decision:
-    """What to do with frame `seq` of `epoch`, `age_s` after it arrived.
+    """What to do with frame `seq` of `epoch`, which arrived at `arrived`, `age_s` ago.
 
     `analyses` are the recent ones (any epochs, regions, order); `plan` the regions the frame
-    must be covered by. A frame some region of which has no successful analysis before it in
-    its own connection fails closed (just (re)connected); a failed analysis next to a frame
-    fails it closed; a frame waiting past its budget fails closed (analyzer late).
+    must be covered by. A frame older than its budget fails closed (late), whatever analyses
+    exist; a frame some region of which has no successful analysis before it in its own
+    connection fails closed (just (re)connected); a failed analysis next to a frame fails it
+    closed; hold: a mask whose frame arrived more than `hold_ms` before this one fails it
+    closed (late).
     """
+    if age_s > config.budget_ms / 1000.0:
+        return FailClosed("analyzer_late")
     own = [a for a in analyses if a.epoch == epoch]
-    budget_s = config.budget_ms / 1000.0
     before: list[Analysis | None] = []
     after: list[Analysis | None] = []
+    previous: list[Analysis] = []
     for region in plan:
         mine = sorted((a for a in own if a.region == region), key=lambda a: a.seq)
-        before.append(next((a for a in reversed(mine) if a.seq <= seq), None))
+        earlier = [a for a in mine if a.seq <= seq]
+        before.append(earlier[-1] if earlier else None)
+        previous.extend(earlier[-2:-1])
         after.append(next((a for a in mine if a.seq >= seq), None))
     match config.temporal:
         case "bracket":
             if any(a is None for a in after):
-                return FailClosed("analyzer_late") if age_s > budget_s else Wait()
+                return Wait()
             picks = _picked(before + after)
             if picks is None:
                 return FailClosed("connecting")
             if any(a.labels is None for a in picks):
                 return FailClosed("analyzer_error")
-            return Anonymize(picks, config.bracket_dilation)
+            return Anonymize(seq, _picked(before) or (), _picked(after) or (), (),
+                             config.bracket_dilation)
         case "hold":
             picks = _picked(before)
             if picks is None:
                 return FailClosed("connecting")
             if any(a.labels is None for a in picks):
                 return FailClosed("analyzer_error")
-            if age_s > budget_s or any(seq - a.seq > config.hold_frames for a in picks):
+            if any(arrived - a.arrived > config.hold_ms / 1000.0 for a in picks):
                 return FailClosed("analyzer_late")
+            usable = tuple(a for a in previous if a.labels is not None)
             own_frame = all(a.seq == seq for a in picks)
-            return Anonymize(picks, 0 if own_frame else config.hold_dilation)
+            return Anonymize(seq, picks, (), usable, 0 if own_frame else config.hold_dilation)
     raise ValueError(f"unknown temporal mode {config.temporal!r}")
 
 
@@ -114,24 +157,64 @@ def _picked(found: Iterable[Analysis | None]) -> tuple[Analysis, ...] | None:
     for analysis in found:
         if analysis is None:
             return None
+        picks.append(analysis)
+    return _unique(picks)
+
+
+def _unique(analyses: Iterable[Analysis]) -> tuple[Analysis, ...]:
+    picks: list[Analysis] = []
+    for analysis in analyses:
         if all(p is not analysis for p in picks):
             picks.append(analysis)
     return tuple(picks)
+
+
+def motion_cover(decision: Anonymize, speed: float, shape: tuple[int, int]) -> Cover | None:
+    """Where the objects of the decision's analyses may have moved by its frame (see
+    `motion`), or None when there is nothing to cover (the frame's own analyses, or no
+    objects). `speed`: fastest motion covered, grid cells per frame; `shape`: the frame's."""
+    if decision.still:
+        return None
+    grid = grid_shape(*shape)
+    margin = decision.dilation / CELL
+    before = _blobs(decision.before, grid)
+    first = min(a.seq for a in decision.before)
+    if decision.after:
+        after = _blobs(decision.after, grid)
+        if not before and not after:
+            return None
+        return bracket_cover(decision.seq, before, first, after,
+                             max(a.seq for a in decision.after), speed, margin, grid)
+    if not before:
+        return None
+    previous = _blobs(decision.previous, grid)
+    previous_at = (float(np.mean([a.seq for a in decision.previous])) if decision.previous
+                   else 0.0)
+    return hold_cover(decision.seq, before, float(np.mean([a.seq for a in decision.before])),
+                      first, previous, previous_at, speed, margin, grid)
+
+
+@functools.lru_cache(maxsize=16)
+def _blobs(analyses: tuple[Analysis, ...], grid: tuple[int, int]) -> tuple[Blob, ...]:
+    """The objects of `analyses` merged over their regions (cached: consecutive frames share
+    their analyses)."""
+    return merged_blobs([a.cells for a in analyses if a.cells is not None], grid)
 
 
 def still_needed(
     analyses: Iterable[Analysis], epoch: int, oldest_seq: int
 ) -> list[Analysis]:
     """The analyses a frame of `epoch` at or after `oldest_seq` may still use: per region the
-    last one at or before `oldest_seq` and every later one (older epochs are dropped)."""
+    last two at or before `oldest_seq` (hold measures velocities against the second) and
+    every later one (older epochs are dropped)."""
     kept = [a for a in analyses if a.epoch >= epoch]
-    latest_before: dict[tuple[int, Tile | None], int] = {}
+    before: dict[Tile | None, list[int]] = {}
     for a in kept:
         if a.epoch == epoch and a.seq <= oldest_seq:
-            key = (a.epoch, a.region)
-            latest_before[key] = max(latest_before.get(key, a.seq), a.seq)
+            before.setdefault(a.region, []).append(a.seq)
+    floor = {region: sorted(seqs)[-2:][0] for region, seqs in before.items()}
     return [a for a in kept
-            if a.epoch != epoch or a.seq >= latest_before.get((a.epoch, a.region), a.seq)]
+            if a.epoch != epoch or a.seq >= floor.get(a.region, a.seq)]
 
 
 def union_labels(
@@ -182,3 +265,21 @@ def _window(array: np.ndarray, region: Tile | None) -> np.ndarray:
     if region is None:
         return array
     return array[region.y : region.y + region.height, region.x : region.x + region.width]
+
+
+def with_cover(labels: LabelMap, cover: Cover | None, protected: Sequence[int]) -> LabelMap:
+    """`labels` (not changed) plus every protected pixel of `cover`; a pixel another protected
+    class already owns keeps its class."""
+    if cover is None or not cover.masks:
+        return labels
+    out = labels.copy()
+    ids = np.asarray(protected, np.uint8)
+    h, w = out.shape
+    for c in protected:
+        found = cover.pixels(c, h, w) if c in cover.masks else None
+        if found is None:
+            continue
+        window, mask = found
+        part = out[window]
+        part[mask & ~np.isin(part, ids)] = c
+    return out

@@ -197,6 +197,11 @@ class Supervisor:
             if getattr(config, part) != getattr(self.config, part):
                 log.warning("reload: %s settings changed; they take effect only after a restart",
                             part)
+        added = set(config.analyzed_classes) - set(self.config.analyzed_classes)
+        if added:
+            log.warning("reload: classes %s are new to the analyzer: until a restart they are"
+                        " blurred where the full-frame pass finds them, not the tiles",
+                        ", ".join(sorted(added)))
         kept = config.model_copy(update={
             "model": self.config.model, "server": self.config.server,
             "viewers": self.config.viewers, "metrics": self.config.metrics})

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import cv2
@@ -80,7 +81,8 @@ def i420_to_bgr(data: bytes | memoryview, width: int, height: int,
                 buf[offsets[plane]:], (ch, cw), (strides[plane], 1)
             )
             chroma[(plane - 1) * cw * ch: plane * cw * ch] = src.reshape(-1)
-    return cv2.cvtColor(packed, cv2.COLOR_YUV2BGR_I420)
+    bgr: Image = np.asarray(cv2.cvtColor(packed, cv2.COLOR_YUV2BGR_I420), np.uint8)
+    return bgr
 
 
 class CameraReader:
@@ -163,7 +165,7 @@ class CameraReader:
         self.heartbeat = time.monotonic()
         return False
 
-    def _build(self):
+    def _build(self) -> tuple[Any, Any]:  # Gst.Pipeline, GstApp.AppSink (untyped gi)
         Gst = gst()[0]
         description = (
             f"rtspsrc name=src protocols=tcp latency={self._config.latency_ms} "
@@ -247,7 +249,7 @@ class CameraReader:
             _teardown(pipeline, self.name)
         return connected
 
-    def _check_bus(self, bus) -> None:
+    def _check_bus(self, bus: Any) -> None:
         Gst = gst()[0]
         while True:
             message = bus.pop_filtered(
@@ -265,7 +267,7 @@ class CameraReader:
             log.debug("camera %s: GStreamer warning: %s", self.name, redact(warning.message))
 
 
-def _teardown(pipeline, name: str) -> None:
+def _teardown(pipeline: Any, name: str) -> None:
     """Set the pipeline to NULL off-thread: rtspsrc can block on a hung camera's socket."""
     Gst = gst()[0]
     done = threading.Event()
