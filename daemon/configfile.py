@@ -323,9 +323,10 @@ def parse_yaml_model(path: Path, model: type[M]) -> M:
     lacks it). An empty file (or only comments) gives the model's defaults.
     """
     source = str(path)
-    data, tree = _read_tree(Path(path), source)
+    data, found = _read_tree(Path(path), source)
+    tree = found if found is not None and data is not None else _Tree(_Mark(1, 1), {})
     if data is None:
-        data, tree = {}, _Tree(_Mark(1, 1), {})
+        data = {}
     if not isinstance(data, dict):
         kind = "a list" if isinstance(data, list) else f"the value {data!r}"
         raise ConfigError(

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class _Family:
             for key in [k for k in store if (label, value) in k]:
                 del store[key]
 
-    def _store(self) -> dict:
+    def _store(self) -> dict[Labels, Any]:
         raise NotImplementedError
 
 
@@ -61,7 +62,7 @@ class Counter(_Family):
         super().__init__(name, help_text, label_names)
         self._values: dict[Labels, float] = {}
 
-    def _store(self) -> dict:
+    def _store(self) -> dict[Labels, Any]:
         return self._values
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
@@ -96,7 +97,7 @@ class Histogram(_Family):
         self.buckets = tuple(buckets)
         self._series: dict[Labels, list[float]] = {}  # bucket counts..., +Inf count, sum
 
-    def _store(self) -> dict:
+    def _store(self) -> dict[Labels, Any]:
         return self._series
 
     def observe(self, *labels: str, value: float) -> None:
