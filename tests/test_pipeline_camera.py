@@ -48,7 +48,7 @@ def _frame(seq: int, rng: np.random.Generator) -> CameraFrame:
 def _person_at(seq: int, x: int, *, blobs: bool = True) -> Analysis:
     labels = np.zeros((H, W), np.uint8)
     labels[40:80, x:x + 20] = PERSON
-    cells = object_cells(labels, None, (PERSON,)) if blobs else None
+    cells = object_cells(labels, None, seq, (PERSON,)) if blobs else None
     return Analysis(1, seq, labels, arrived=seq / 30, cells=cells)
 
 

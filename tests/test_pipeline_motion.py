@@ -35,7 +35,7 @@ def _labels(boxes: list[tuple[int, Box]]) -> np.ndarray:
 def _analysis(seq: int, boxes: list[tuple[int, Box]]) -> Analysis:
     labels = _labels(boxes)
     return Analysis(1, seq, labels, arrived=seq / FPS,
-                    cells=object_cells(labels, None, (PERSON, PLATE)))
+                    cells=object_cells(labels, None, seq, (PERSON, PLATE)))
 
 
 def _masks(config: AnalysisConfig, scene: Callable[[int], list[tuple[int, Box]]], frames: int,
@@ -160,7 +160,37 @@ def test_objects_cut_by_tiles_are_merged_on_the_frame_grid() -> None:
     a[4:8, 26:40] = PERSON  # frame rows 10..13, columns 36..49: cut by the tile's edge
     b = np.zeros((40, 40), np.uint8)
     b[4:8, 0:10] = PERSON  # columns 42..51: the rest of it, seen by the next tile
-    cells = [object_cells(a, left, (PERSON,)), object_cells(b, right, (PERSON,))]
+    cells = [object_cells(a, left, 3, (PERSON,)), object_cells(b, right, 5, (PERSON,))]
     (blob,) = merged_blobs(cells, grid_shape(100, 100))
-    assert blob.class_id == PERSON
+    assert blob.class_id == PERSON and (blob.first, blob.last, blob.at) == (3, 5, 4.0)
     assert blob.box == (36 // CELL, 10 // CELL, 51 // CELL + 1, 13 // CELL + 1)
+
+
+@pytest.mark.parametrize("mode", ["bracket", "hold"])
+def test_a_person_crossing_tiles_analyzed_at_different_frames_is_covered(mode: str) -> None:
+    # the daemon's plan: the full frame and two tiles, one region analyzed every 2 frames;
+    # the person (12 px/frame) is seen by whichever regions hold it, at their own frames, and
+    # a tile that does not hold it must not skew its timing
+    from daemon.analysis.tiling import Tile
+
+    plan = (None, Tile(0, 0, H, W // 2 + 20), Tile(0, W // 2 - 20, H, W // 2 + 20))
+    scene = _walker(12.0)
+
+    def analysis(seq: int, region: Tile | None) -> Analysis:
+        labels = _labels(scene(seq))
+        if region is not None:
+            labels = labels[region.y:region.y + region.height, region.x:region.x + region.width]
+        return Analysis(1, seq, labels.copy(), region=region, arrived=seq / FPS,
+                        cells=object_cells(labels, region, seq, (PERSON,)))
+
+    analyses = [analysis(s, plan[(s // 2) % 3]) for s in range(0, 24, 2)]
+    config = BRACKET if mode == "bracket" else HOLD
+    speed = config.max_speed * max(H, W) / FPS / CELL
+    leaks = {}
+    for seq in range(6, 17):
+        decision = decide(1, seq, 0.0, analyses, config, plan, arrived=seq / FPS)
+        assert isinstance(decision, Anonymize), (seq, decision)
+        base = union_labels(decision.analyses, (PERSON,), decision.dilation, (H, W))
+        labels = with_cover(base, motion_cover(decision, speed, (H, W)), (PERSON,))
+        leaks[seq] = _uncovered({seq: labels}, scene)[seq]
+    assert max(leaks.values()) == 0.0, leaks

@@ -239,7 +239,8 @@ class CameraPipeline:
             results = [
                 Analysis(frame.epoch, frame.seq, region_labels, region=region,
                          arrived=frame.arrived,
-                         cells=object_cells(region_labels, region, self.setup.protected))
+                         cells=object_cells(region_labels, region, frame.seq,
+                                            self.setup.protected))
                 for region, region_labels in zip(regions, labels, strict=True)]
             error = ""
         except Exception as exc:  # any analyzer failure: the frames around it fail closed

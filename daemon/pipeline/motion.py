@@ -50,17 +50,20 @@ def grid_shape(height: int, width: int) -> tuple[int, int]:
 
 @dataclass(frozen=True, eq=False)
 class ObjectCells:
-    """One analysis' protected pixels on the grid: per class, the cells of its region (255
-    where any pixel is the class), placed at cell row `y`, column `x` of the frame's grid."""
+    """One analysis' (of frame `seq`) protected pixels on the grid: per class, the cells of
+    its region (255 where any pixel is the class), placed at cell row `y`, column `x` of the
+    frame's grid."""
 
+    seq: int
     y: int
     x: int
     masks: dict[int, np.ndarray]
 
 
-def object_cells(labels: LabelMap, region: Tile | None, protected: Iterable[int]
+def object_cells(labels: LabelMap, region: Tile | None, seq: int, protected: Iterable[int]
                  ) -> ObjectCells:
-    """The protected classes of one analysis' labels (of `region` of the frame) on the grid."""
+    """The protected classes of one analysis' labels (of `region` of frame `seq`) on the
+    grid."""
     y, x = (0, 0) if region is None else (region.y, region.x)
     pad_y, pad_x = y % CELL, x % CELL  # the region's blocks line up with the frame's grid
     h, w = labels.shape
@@ -75,17 +78,21 @@ def object_cells(labels: LabelMap, region: Tile | None, protected: Iterable[int]
         # an exact box average: a block with any object pixel is >= 255 / CELL^2 > 0
         masks[int(class_id)] = np.asarray(
             cv2.resize(padded, (cols, rows), interpolation=cv2.INTER_AREA), np.uint8)
-    return ObjectCells(y // CELL, x // CELL, masks)
+    return ObjectCells(seq, y // CELL, x // CELL, masks)
 
 
 @dataclass(frozen=True, eq=False)
 class Blob:
-    """One object on the grid: class, box (x0, y0, x1, y1 in cells, end exclusive) and the
-    (x, y) cells of its convex hull (frame-absolute)."""
+    """One object on the grid: class, box (x0, y0, x1, y1 in cells, end exclusive), the
+    (x, y) cells of its convex hull (frame-absolute), and the frames of the analyses that saw
+    it: the first, the last and their mean (where its centre was)."""
 
     class_id: int
     box: tuple[int, int, int, int]
     points: np.ndarray
+    first: int
+    last: int
+    at: float
 
     @property
     def center(self) -> np.ndarray:
@@ -99,20 +106,31 @@ def merged_blobs(cells: Sequence[ObjectCells], shape: tuple[int, int]) -> tuple[
     blobs: list[Blob] = []
     for class_id in classes:
         grid = np.zeros(shape, np.uint8)
+        placed: list[tuple[int, tuple[slice, slice], np.ndarray]] = []
         for found in cells:
             mask = found.masks.get(class_id)
             if mask is None:
                 continue
-            window = grid[found.y:found.y + mask.shape[0], found.x:found.x + mask.shape[1]]
-            np.maximum(window, mask[:window.shape[0], :window.shape[1]], out=window)
+            window = (slice(found.y, found.y + mask.shape[0]),
+                      slice(found.x, found.x + mask.shape[1]))
+            part = grid[window]
+            seen = mask[:part.shape[0], :part.shape[1]] > 0
+            part[seen] = 255
+            placed.append((found.seq, window, seen))
         count, comp, stats, _ = cv2.connectedComponentsWithStats(
             grid, connectivity=8, ltype=cv2.CV_32S)
+        seen_by: list[list[int]] = [[] for _ in range(count)]
+        for seq, window, seen in placed:
+            for label in np.unique(comp[window][seen]):
+                seen_by[int(label)].append(seq)
         for label in range(1, count):
             bx, by, bw, bh = (int(v) for v in stats[label, :4])
             ys, xs = np.nonzero(comp[by:by + bh, bx:bx + bw] == label)
             pts = np.stack([xs + bx, ys + by], axis=1).astype(np.int32)
             hull = cv2.convexHull(pts).reshape(-1, 2).astype(np.float32)
-            blobs.append(Blob(class_id, (bx, by, bx + bw, by + bh), hull))
+            seqs = seen_by[label]
+            blobs.append(Blob(class_id, (bx, by, bx + bw, by + bh), hull, min(seqs), max(seqs),
+                              float(np.mean(seqs))))
     return tuple(blobs)
 
 
@@ -157,20 +175,22 @@ class Cover:
         return (slice(y0, y1), slice(x0, x1)), full[:y1 - y0, :x1 - x0]
 
 
-def _pairs(first: Sequence[Blob], second: Sequence[Blob], reach: float
+def _pairs(first: Sequence[Blob], second: Sequence[Blob], speed: float
            ) -> list[tuple[float, int, int]]:
-    """(gap, i, j) of every pair of one class within `reach` cells, nearest first."""
-    return sorted((_gap(a, b), i, j) for i, a in enumerate(first) for j, b in enumerate(second)
-                  if a.class_id == b.class_id and _gap(a, b) <= reach)
+    """(gap, i, j) of every pair of one class close enough for one object to have gone from
+    the first to the second at `speed` (from the first's earliest frame to the second's
+    latest), nearest first."""
+    return sorted(
+        (_gap(a, b), i, j) for i, a in enumerate(first) for j, b in enumerate(second)
+        if a.class_id == b.class_id and _gap(a, b) <= speed * max(1, b.last - a.first) + 1.0)
 
 
-def bracket_cover(seq: int, before: Sequence[Blob], first: int, after: Sequence[Blob],
-                  last: int, speed: float, margin: float, shape: tuple[int, int]) -> Cover:
-    """Where the objects `before` frame `seq` (merged analyses, the oldest of frame `first`)
-    and `after` it (the newest of frame `last`) may be at `seq`; `margin` more cells all round
-    (module docstring)."""
+def bracket_cover(seq: int, before: Sequence[Blob], after: Sequence[Blob], speed: float,
+                  margin: float, shape: tuple[int, int]) -> Cover:
+    """Where the objects `before` frame `seq` (merged analyses at or before it) and `after`
+    it may be at `seq`; `margin` more cells all round (module docstring)."""
     cover = Cover(shape)
-    pairs = _pairs(before, after, speed * max(1, last - first) + 1.0)
+    pairs = _pairs(before, after, speed)
     for _, i, j in pairs:  # any reachable pair may be one object: every hull is covered
         cover.hull(before[i].class_id, [(before[i].points, margin), (after[j].points, margin)])
     matched_before: set[int] = set()
@@ -185,32 +205,28 @@ def bracket_cover(seq: int, before: Sequence[Blob], first: int, after: Sequence[
         for b in alone_after:
             if a.class_id == b.class_id:  # one object faster than `speed` swept the hull
                 cover.hull(a.class_id, [(a.points, margin), (b.points, margin)])
-    for a in alone_before:  # vanished after `first`: no further than speed x (seq - first)
-        cover.hull(a.class_id, [(a.points, margin + speed * max(0, seq - first))])
-    for b in alone_after:  # appeared before `last`
-        cover.hull(b.class_id, [(b.points, margin + speed * max(0, last - seq))])
+    for a in alone_before:  # vanished after it was seen: no further than speed x the time
+        cover.hull(a.class_id, [(a.points, margin + speed * max(0, seq - a.first))])
+    for b in alone_after:  # appeared before it was seen
+        cover.hull(b.class_id, [(b.points, margin + speed * max(0, b.last - seq))])
     return cover
 
 
-def hold_cover(seq: int, latest: Sequence[Blob], latest_at: float, first: int,
-               previous: Sequence[Blob], previous_at: float, speed: float, margin: float,
-               shape: tuple[int, int]) -> Cover:
-    """Where the objects of `latest` (merged analyses before frame `seq`, of frames `first`
-    and later, on average `latest_at`) may be at `seq`, moving on at the velocity measured
-    against `previous` (the analyses before those, on average of frame `previous_at`)."""
+def hold_cover(seq: int, latest: Sequence[Blob], previous: Sequence[Blob], speed: float,
+               margin: float, shape: tuple[int, int]) -> Cover:
+    """Where the objects of `latest` (merged analyses before frame `seq`) may be at `seq`,
+    moving on at the velocity measured against `previous` (the analyses before those)."""
     cover = Cover(shape)
-    elapsed = latest_at - previous_at
-    pairs = (_pairs(previous, latest, speed * elapsed + 1.0) if previous and elapsed > 0
-             else [])
     partners: dict[int, list[Blob]] = {}
-    for _, i, j in pairs:
-        partners.setdefault(j, []).append(previous[i])
+    for _, i, j in _pairs(previous, latest, speed):
+        if previous[i].at < latest[j].at:
+            partners.setdefault(j, []).append(previous[i])
     for j, x in enumerate(latest):
         if j not in partners:  # no velocity yet: it may have gone anywhere at `speed`
-            cover.hull(x.class_id, [(x.points, margin + speed * max(0, seq - first))])
+            cover.hull(x.class_id, [(x.points, margin + speed * max(0, seq - x.first))])
             continue
         for p in partners[j]:
-            shift = (x.center - p.center) * ((seq - latest_at) / elapsed)
+            shift = (x.center - p.center) * ((seq - x.at) / (x.at - p.at))
             slack = margin + _HOLD_SLACK * float(np.hypot(*shift))
             cover.hull(x.class_id, [(x.points, slack), (x.points + shift, slack)])
     return cover

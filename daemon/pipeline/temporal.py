@@ -178,20 +178,15 @@ def motion_cover(decision: Anonymize, speed: float, shape: tuple[int, int]) -> C
     grid = grid_shape(*shape)
     margin = decision.dilation / CELL
     before = _blobs(decision.before, grid)
-    first = min(a.seq for a in decision.before)
     if decision.after:
         after = _blobs(decision.after, grid)
         if not before and not after:
             return None
-        return bracket_cover(decision.seq, before, first, after,
-                             max(a.seq for a in decision.after), speed, margin, grid)
+        return bracket_cover(decision.seq, before, after, speed, margin, grid)
     if not before:
         return None
-    previous = _blobs(decision.previous, grid)
-    previous_at = (float(np.mean([a.seq for a in decision.previous])) if decision.previous
-                   else 0.0)
-    return hold_cover(decision.seq, before, float(np.mean([a.seq for a in decision.before])),
-                      first, previous, previous_at, speed, margin, grid)
+    return hold_cover(decision.seq, before, _blobs(decision.previous, grid), speed, margin,
+                      grid)
 
 
 @functools.lru_cache(maxsize=16)
