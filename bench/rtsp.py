@@ -36,44 +36,18 @@ sys.path.insert(0, str(REPO / "tests"))
 from rtsp_camera import (  # noqa: E402  (test helpers: camera process, ffmpeg viewer)
     MARK_BOX,
     CameraProcess,
-    FfmpegClient,
+    CodeClient,
     free_port,
-    leak_score,
     mark_pattern,
+    metric,
+    paint_code,
     wait_port,
 )
 
 CLIP = REPO.parent / "shared" / "data" / "clips" / "car_plate_approach_1280x720.mp4"
 CROP_ROWS = 160  # viewers decode the full frame but hand only the top rows to Python
-CODE_BITS = 16
-CODE_CELL = 16
 CACHE = Path(tempfile.gettempdir()) / "anonymizer-bench"
 HELPER = REPO / "tests" / "rtsp_camera.py"
-
-
-def code_box(width: int) -> tuple[int, int]:
-    """(x, y) of the barcode: a row of CODE_BITS cells at the top-right corner."""
-    return width - CODE_BITS * CODE_CELL - 8, 8
-
-
-def paint_code(frame: np.ndarray, number: int) -> None:
-    x0, y0 = code_box(frame.shape[1])
-    for bit in range(CODE_BITS):
-        value = 255 if (number >> bit) & 1 else 0
-        x = x0 + bit * CODE_CELL
-        frame[y0:y0 + CODE_CELL, x:x + CODE_CELL] = value
-
-
-def read_code(frame: np.ndarray) -> int | None:
-    x0, y0 = code_box(frame.shape[1])
-    number = 0
-    for bit in range(CODE_BITS):
-        x = x0 + bit * CODE_CELL
-        cell = frame[y0 + 4:y0 + CODE_CELL - 4, x + 4:x + CODE_CELL - 4].mean()
-        if 60 < cell < 195:
-            return None  # blurred or failed closed: not readable
-        number |= (cell >= 128) << bit
-    return number
 
 
 def bench_clip(frames: int, loops: int) -> Path:
@@ -113,27 +87,6 @@ def bench_clip(frames: int, loops: int) -> Path:
     return looped
 
 
-class CodeClient(FfmpegClient):
-    """An ffmpeg viewer that also reads each frame's barcode (None if unreadable)."""
-
-    def __init__(self, url: str, width: int, height: int, **kwargs: object) -> None:
-        self.codes: list[int | None] = []
-        super().__init__(url, width, height, keep_every=10**9, crop_rows=CROP_ROWS,
-                         **kwargs)  # type: ignore[arg-type]
-
-    def _read(self) -> None:
-        size = self.width * self.height * 3
-        assert self.proc.stdout is not None
-        while True:
-            data = self.proc.stdout.read(size)
-            if len(data) < size:
-                return
-            frame = np.frombuffer(data, np.uint8).reshape(self.height, self.width, 3)
-            self.arrivals.append(time.monotonic())
-            self.codes.append(read_code(frame))
-            self.scores.append(leak_score(frame))
-
-
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -149,16 +102,6 @@ def rss_bytes(pid: int) -> int:
 def metrics_text(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
         return reply.read().decode()
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(f"anonymizer_{name}{{") and all(
-            f'{k}="{v}"' in line for k, v in labels.items()
-        ):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 class Setup:
@@ -238,8 +181,10 @@ def run(seconds: float, temporal: str, ingest_latency_ms: int) -> dict[str, floa
         setup = Setup(clip, Path(tmp), temporal, lifetime=seconds + 180, fake=control,
                       ingest_latency_ms=ingest_latency_ms)
         try:
-            direct = CodeClient(setup.camera.url, 1280, 720, timeout=seconds + 60)
-            output = CodeClient(setup.output_url, 1280, 720, timeout=seconds + 60)
+            direct = CodeClient(setup.camera.url, 1280, 720, crop_rows=CROP_ROWS,
+                                timeout=seconds + 60)
+            output = CodeClient(setup.output_url, 1280, 720, crop_rows=CROP_ROWS,
+                                timeout=seconds + 60)
             if not (direct.wait_frames(30, 30) and output.wait_frames(30, 30)):
                 raise RuntimeError("viewers got no frames")
             time.sleep(2)

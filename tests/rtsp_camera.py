@@ -9,15 +9,23 @@ It exits by itself after --lifetime seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon.analysis.multiscale import MultiScaleAnalyzer
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # The "sensitive region": a checkerboard square painted into every frame of a marked clip. A raw
 # frame shows it; anonymized or fail-closed frames never do.
@@ -46,6 +54,37 @@ def leak_score(frame) -> float:
     pattern -= pattern.mean()
     region -= region.mean()
     return float((region * pattern).sum() / (pattern * pattern).sum())
+
+
+# A frame-number barcode: a row of CODE_BITS black/white cells at the top-right corner, so a
+# viewer knows which camera frame each published frame is (fail-closed frames blur it away).
+CODE_BITS = 16
+CODE_CELL = 16
+
+
+def code_box(width: int) -> tuple[int, int]:
+    """(x, y) of the barcode: a row of CODE_BITS cells at the top-right corner."""
+    return width - CODE_BITS * CODE_CELL - 8, 8
+
+
+def paint_code(frame: np.ndarray, number: int) -> None:
+    x0, y0 = code_box(frame.shape[1])
+    for bit in range(CODE_BITS):
+        value = 255 if (number >> bit) & 1 else 0
+        x = x0 + bit * CODE_CELL
+        frame[y0:y0 + CODE_CELL, x:x + CODE_CELL] = value
+
+
+def read_code(frame: np.ndarray) -> int | None:
+    x0, y0 = code_box(frame.shape[1])
+    number = 0
+    for bit in range(CODE_BITS):
+        x = x0 + bit * CODE_CELL
+        cell = frame[y0 + 4:y0 + CODE_CELL - 4, x + 4:x + CODE_CELL - 4].mean()
+        if 60 < cell < 195:
+            return None  # blurred or failed closed: not readable
+        number |= (cell >= 128) << bit
+    return number
 
 
 def looped_clip(source: Path, target: Path, loops: int) -> Path:
@@ -81,7 +120,8 @@ class FfmpegClient:
     """
 
     def __init__(self, url: str, width: int, height: int, *, keep_every: int = 10,
-                 timeout: float = 60.0, crop_rows: int | None = None) -> None:
+                 timeout: float = 60.0, crop_rows: int | None = None,
+                 pix_fmt: str = "bgr24") -> None:
         import threading
 
         self.url = url
@@ -97,9 +137,9 @@ class FfmpegClient:
         self.proc = subprocess.Popen(
             ["timeout", "-s", "KILL", str(timeout), "ffmpeg", "-nostdin", "-loglevel", "error",
              "-rtsp_transport", "tcp", "-fflags", "nobuffer", "-flags", "low_delay",
-             "-i", url, "-an", *crop, "-f", "rawvideo", "-pix_fmt", "bgr24",
+             "-i", url, "-an", *crop, "-f", "rawvideo", "-pix_fmt", pix_fmt,
              "-fps_mode", "passthrough", "pipe:1"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._guarded_read, daemon=True)
         self._thread.start()
@@ -145,14 +185,15 @@ class FfmpegClient:
         return self.proc.poll() is None
 
     def stop(self) -> str:
-        """Stop ffmpeg; its stderr."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        """Stop ffmpeg (its whole process group: `timeout` and ffmpeg, which can sit in a read
+        from a server that is gone); its stderr."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        with contextlib.suppress(ProcessLookupError):  # whatever is left of the group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
         self._thread.join(5)
         assert self.proc.stderr is not None
         return self.proc.stderr.read().decode(errors="replace")
@@ -162,6 +203,33 @@ class FfmpegClient:
         if len(times) < 2:
             return 0.0
         return (len(times) - 1) / (times[-1] - times[0])
+
+
+class CodeClient(FfmpegClient):
+    """An ffmpeg viewer that also reads each frame's barcode (None if unreadable: blurred or
+    failed closed) into `codes`, beside `arrivals` (and `scores` when the rows it keeps hold
+    MARK_BOX); it keeps no frames."""
+
+    def __init__(self, url: str, width: int, height: int, *, crop_rows: int = 32,
+                 timeout: float = 60.0) -> None:
+        self.codes: list[int | None] = []
+        super().__init__(url, width, height, keep_every=10**9, crop_rows=crop_rows,
+                         timeout=timeout)
+
+    def _read(self) -> None:
+        import numpy as np
+
+        size = self.width * self.height * 3
+        assert self.proc.stdout is not None
+        while True:
+            data = self.proc.stdout.read(size)
+            if len(data) < size:
+                return
+            frame = np.frombuffer(data, np.uint8).reshape(self.height, self.width, 3)
+            self.arrivals.append(time.monotonic())
+            self.codes.append(read_code(frame))
+            if self.height >= MARK_BOX[1] + MARK_BOX[3]:
+                self.scores.append(leak_score(frame))
 
 
 class FakeAnalyzer(MultiScaleAnalyzer):
@@ -267,6 +335,21 @@ class MarkedAnalyzer:
         return results
 
 
+class SlowAnonymizer:
+    """The real CPU anonymizer, slowed by the seconds in the control file `slow_anonymizer`
+    per frame (a render stage slower than the camera)."""
+
+    def __init__(self, real, control: Path) -> None:
+        self._real = real
+        self._control = control
+
+    def anonymize(self, frame, labels):
+        delay = self._control / "slow_anonymizer"
+        if delay.exists():
+            time.sleep(float(delay.read_text() or "0.06"))
+        return self._real.anonymize(frame, labels)
+
+
 def run_daemon_with_fake_analyzer(control: Path, argv: list[str]) -> int:
     """`anonymizer ARGV` in this process with the analyzer replaced by FakeAnalyzer."""
     from daemon import cli
@@ -287,7 +370,8 @@ def run_daemon_with_fake_analyzer(control: Path, argv: list[str]) -> int:
             real = real_open(config)
             return Backend("marked", MarkedAnalyzer(real.analyzer), real.anonymizer)
         analyzer = FakeAnalyzer(load_manifest(config.model.manifest_path), control)
-        return Backend("fake", analyzer, CpuAnonymizer)
+        return Backend("fake", analyzer,
+                       lambda ids, blur: SlowAnonymizer(CpuAnonymizer(ids, blur), control))
 
     supervisor.open_backend = fake
     return cli.main(argv)
@@ -424,6 +508,68 @@ class CameraProcess:
     def resume(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
+
+
+HELPER = Path(__file__)
+REPO = HELPER.resolve().parents[1]
+
+
+class Daemon:
+    """`anonymizer run -c CONFIG` in a subprocess (killed by itself after `lifetime` s)."""
+
+    def __init__(self, folder: Path, config: str, *, fake: Path | None = None,
+                 env: dict[str, str] | None = None, lifetime: float = 240.0) -> None:
+        self.config_path = folder / "config.yaml"
+        self.config_path.write_text(textwrap.dedent(config))
+        self.log_path = folder / "daemon.log"
+        self._log = self.log_path.open("wb")
+        command = [sys.executable, str(HELPER), "daemon", str(lifetime),
+                   str(fake) if fake else "-", "-v", "run", "-c", str(self.config_path)]
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=REPO, env={**os.environ, **(env or {})})
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:  # not listening (yet)
+        return 0, ""
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(f"anonymizer_{name}{{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_for(predicate, timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
 
 
 if __name__ == "__main__":

@@ -218,3 +218,21 @@ def test_the_int8_copy_labels_agree_with_fp32(shared_data: Path, device: str) ->
     agreement = _agreement(int8, reference, _val_images(shared_data))
     # measured 99.57 % on all 312 val images (IoU within 0.003 of FP32: bench/int8.py)
     assert agreement >= 0.99, agreement
+
+
+def test_a_class_only_one_camera_blurs_keeps_its_tile_detections(shared_data: Path) -> None:
+    # the tile merge lets only the analyzer's protected classes win over the full-frame
+    # pass: a class added by one camera must be among them (Config.analyzed_classes)
+    from daemon.config import CameraConfig, ViewersConfig
+
+    image = cv2.imread(str(shared_data / "stills" / "aiguys_car.jpg"))
+    plates = []
+    for cameras in ((), (CameraConfig(name="gate", url="rtsp://127.0.0.1/x",
+                                      anonymize=("person", "license_plate")),)):
+        config = Config(model=ModelConfig(path=MODEL, device="openvino", threads=2),
+                        anonymize=("person",), cameras=cameras,
+                        viewers=ViewersConfig(auth=False))
+        analyzer = open_backend(config).analyzer
+        plate = analyzer.manifest.classes["license_plate"]
+        plates.append(int((analyzer.labels(image) == plate).sum()))
+    assert plates[1] > plates[0] * 1.05, plates

@@ -6,15 +6,12 @@ in the failure tests (a seam these tests do not test), via tests/rtsp_camera.py.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -27,78 +24,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 from rtsp_camera import (
     MARK_BOX,
     CameraProcess,
+    Daemon,
     FfmpegClient,
     free_port,
+    http_get,
     looped_clip,
     marked_clip,
+    metric,
+    wait_for,
     wait_port,
 )
 
-HELPER = Path(__file__).parent / "rtsp_camera.py"
 REPO = Path(__file__).resolve().parents[1]
 MARKED_SOURCE = "kinetics_style_armwrestling_340x256.mp4"  # 340x256, 28 fps
 MARKED_SIZE = (340, 256)
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-class Daemon:
-    """`anonymizer run -c CONFIG` in a subprocess (killed by itself after `lifetime` s)."""
-
-    def __init__(self, folder: Path, config: str, *, fake: Path | None = None,
-                 env: dict[str, str] | None = None, lifetime: float = 240.0) -> None:
-        self.config_path = folder / "config.yaml"
-        self.config_path.write_text(textwrap.dedent(config))
-        self.log_path = folder / "daemon.log"
-        self._log = self.log_path.open("wb")
-        command = [sys.executable, str(HELPER), "daemon", str(lifetime),
-                   str(fake) if fake else "-", "-v", "run", "-c", str(self.config_path)]
-        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=REPO, env={**os.environ, **(env or {})})
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:  # not listening (yet)
-        return 0, ""
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(f"anonymizer_{name}{{"):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def wait_for(predicate, timeout: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def detail(frame: np.ndarray) -> float:

@@ -267,6 +267,7 @@ class CameraPipeline:
         outage_frame: SafeFrame | None = None
         last_publish = 0.0
         union_cache: _UnionCache = None
+        render_s = 0.0  # how long anonymizing one frame takes (moving average)
         while not self._stop.is_set():
             now = time.monotonic()
             self.heartbeats["output"] = now
@@ -288,11 +289,18 @@ class CameraPipeline:
                 last_arrival = self._last_arrival
             budget_s = self.setup.analysis.budget_ms / 1000.0
             for frame, decision in ready:
-                if isinstance(decision, Anonymize) and time.monotonic() - frame.arrived > budget_s:
-                    decision = FailClosed("output_late")  # rendering earlier frames took long
+                started = time.monotonic()
+                if (isinstance(decision, Anonymize)
+                        and started - frame.arrived + render_s > budget_s):
+                    # it could not be out in time: fail it closed now rather than spend a
+                    # render on it that would make the frames behind it late as well
+                    decision = FailClosed("output_late")
                 out, reason, union_cache = self._render(frame, decision, union_cache)
-                if out.kind == "anonymized" and time.monotonic() - frame.arrived > budget_s:
-                    out, reason = self._fail(frame.image), "output_late"  # rendering too slow
+                if out.kind == "anonymized":
+                    took = time.monotonic() - started
+                    render_s = took if render_s == 0.0 else 0.8 * render_s + 0.2 * took
+                    if time.monotonic() - frame.arrived > budget_s:  # rendering was too slow
+                        out, reason = self._fail(frame.image), "output_late"
                 self._emit(out, reason)
                 last_raw = frame.image
                 outage_frame = None
