@@ -61,11 +61,12 @@ def test_a_failed_analysis_next_to_a_frame_fails_it_closed() -> None:
     failed = Analysis(1, 5, None, "EngineError: boom")
     assert _decide(1, 3, 0.1, [_ok(1, 0), failed], BRACKET) == FailClosed("analyzer_error")
     assert _decide(1, 7, 0.1, [failed, _ok(1, 9)], BRACKET) == FailClosed("analyzer_error")
-    assert _decide(1, 6, 0.0, [_ok(1, 0), failed], HOLD) == FailClosed("analyzer_error")
+    assert _decide(1, 6, 0.0, [_ok(1, -3), _ok(1, 0), failed], HOLD) == FailClosed(
+        "analyzer_error")
 
 
 def test_hold_reuses_the_last_analysis_for_n_frames_with_more_dilation() -> None:
-    analyses = [_ok(1, 4)]
+    analyses = [_ok(1, 1), _ok(1, 4)]
     decision = _decide(1, 7, 0.0, analyses, HOLD)
     assert isinstance(decision, Anonymize) and decision.dilation == 5
     assert _decide(1, 8, 0.0, analyses, HOLD) == FailClosed("analyzer_late")
@@ -147,7 +148,8 @@ def test_a_region_never_analyzed_in_this_connection_fails_closed() -> None:
 
 
 def test_hold_needs_every_region_recent_enough() -> None:
-    analyses = [_at(FULL, 3), _at(LEFT, 4), _at(RIGHT, 1)]
+    analyses = [_at(FULL, 0), _at(LEFT, 2), _at(RIGHT, -2),  # each region's previous one
+                _at(FULL, 3), _at(LEFT, 4), _at(RIGHT, 1)]
     held = _decide(1, 4, 0.0, analyses, HOLD, PLAN)
     assert isinstance(held, Anonymize) and held.dilation == 5
     assert _decide(1, 5, 0.0, analyses, HOLD, PLAN) == FailClosed("analyzer_late")  # RIGHT: 4 old

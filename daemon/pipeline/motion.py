@@ -8,20 +8,25 @@ bracket mode, after it) are merged over the plan's regions, so that an object cu
 borders is one object, and split into objects (`Blob`: 8-connected cells of one class). With
 `speed` the fastest motion covered (`analysis.max_speed`, in cells per frame):
 
-- bracket (frame t between the merged analyses before it, the oldest of frame a, and after
-  it, the newest of frame b): an object before and one after, of one class, close enough for
-  one object to have gone from one to the other at `speed` in b - a frames, may be the same
-  object, which swept the convex hull of both: every such hull is covered (exact for motion
-  along a straight line, whatever its speed profile). Objects are then matched one to one,
-  nearest first; those left over appeared, vanished or moved faster than `speed`: left-over
-  objects before and after of one class are hulled together (the fast object), and each is
-  also grown by `speed` x (t - a) (vanished) or (b - t) (appeared).
+- bracket (frame t between the merged analyses before it and after it): each object before
+  is paired with its nearest object after, and each object after with its nearest before, of
+  one class, among pairs close enough for one object to have gone from one to the other at
+  `speed` (from the first frame that saw the one to the last that saw the other). A pair may
+  be one object, which swept the convex hull of both: every pair's hull is covered, grown by
+  a tenth of the distance between the two (exact for motion along a straight line, whatever
+  its speed profile; the slack takes a walk's sway and turns). An object that is not the
+  nearest of its own nearest (it appeared, vanished, was missed by the analyses on the other
+  side, or another object is nearer to its partner) is also held where it was seen, grown by
+  `speed` x the frames between, up to half its own larger side.
 - hold (frame t after the merged latest analyses, no later one): an object paired (same
-  reach rule) with one of the merged analyses before those has a velocity; the hull of the
-  object and of it moved on to t is covered, grown by a quarter of that shift (speed
-  changes). An object with no earlier partner (it just appeared) is grown by `speed` x
-  (t - a). Hold cannot cover what appears between analyses or turns sharply: bracket is the
-  default.
+  reach rule) with one of the merged analyses before those has a velocity; every cell it
+  covers as it moves on to t along a straight line (its sweep) is covered, grown by a quarter
+  of that shift (speed changes). An object with no earlier partner is held as above.
+Objects are merged after joining fragments within 2 cells of each other (a head above its
+body, a person cut by a pole), so that they move as one.
+Not covered: objects faster than `speed`, objects that appear far from where an analysis
+then sees them (a door, the frame's edge) before that analysis, and, in hold mode, objects
+that start or turn sharply between analyses; bracket is the default.
 
 Every cover is grown by one more cell (rounding to the grid), plus the caller's dilation.
 """
@@ -39,8 +44,16 @@ from daemon.analysis.tiling import Tile
 from daemon.types import LabelMap
 
 CELL = 4  # pixels per side of a grid block
+_SWEEP_SLACK = 0.1  # bracket: a swept hull is grown by this fraction of the distance swept
 _HOLD_SLACK = 0.25  # hold: a predicted shift is trusted to within this fraction of its length
+# An object seen on one side of a frame only grows by at most this fraction of its own larger
+# side: in real scenes such objects are mostly detection flicker (there, in about the same
+# place); growing them by the full speed x time blurred 41-100 % of real clips' frames
+# (bench/motion_overmask.py), this 3.8-20.5 % (the union alone: 2.1-35.2 %).
+_HELD_GROWTH = 0.5
 
+_JOIN = np.ones((2 * 2 + 1, 2 * 2 + 1), np.uint8)  # fragments within 2 cells (8 px) are joined
+_STILL = np.zeros(2, np.float32)
 _SQUARE = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float32)
 
 
@@ -83,13 +96,13 @@ def object_cells(labels: LabelMap, region: Tile | None, seq: int, protected: Ite
 
 @dataclass(frozen=True, eq=False)
 class Blob:
-    """One object on the grid: class, box (x0, y0, x1, y1 in cells, end exclusive), the
-    (x, y) cells of its convex hull (frame-absolute), and the frames of the analyses that saw
-    it: the first, the last and their mean (where its centre was)."""
+    """One object on the grid: class, box (x0, y0, x1, y1 in cells, end exclusive), its cells
+    inside the box (uint8, 1 = the object), and the frames of the analyses that saw it: the
+    first, the last and their mean (where its centre was)."""
 
     class_id: int
     box: tuple[int, int, int, int]
-    points: np.ndarray
+    cells: np.ndarray
     first: int
     last: int
     at: float
@@ -98,6 +111,13 @@ class Blob:
     def center(self) -> np.ndarray:
         x0, y0, x1, y1 = self.box
         return np.array([(x0 + x1) / 2.0, (y0 + y1) / 2.0], np.float32)
+
+    @property
+    def hull(self) -> np.ndarray:
+        """The (x, y) frame cells of the convex hull of the object's cells."""
+        ys, xs = np.nonzero(self.cells)
+        points = np.stack([xs + self.box[0], ys + self.box[1]], axis=1).astype(np.int32)
+        return np.asarray(cv2.convexHull(points).reshape(-1, 2), np.int32)
 
 
 def merged_blobs(cells: Sequence[ObjectCells], shape: tuple[int, int]) -> tuple[Blob, ...]:
@@ -117,19 +137,26 @@ def merged_blobs(cells: Sequence[ObjectCells], shape: tuple[int, int]) -> tuple[
             seen = mask[:part.shape[0], :part.shape[1]] > 0
             part[seen] = 255
             placed.append((found.seq, window, seen))
+        # fragments a few cells apart are one object (a head above its body, a person cut by
+        # a pole): joined before labelling, so that they move as one
+        joined = cv2.dilate(grid, _JOIN)
         count, comp, stats, _ = cv2.connectedComponentsWithStats(
-            grid, connectivity=8, ltype=cv2.CV_32S)
+            joined, connectivity=8, ltype=cv2.CV_32S)
         seen_by: list[list[int]] = [[] for _ in range(count)]
         for seq, window, seen in placed:
             for label in np.unique(comp[window][seen]):
                 seen_by[int(label)].append(seq)
         for label in range(1, count):
             bx, by, bw, bh = (int(v) for v in stats[label, :4])
-            ys, xs = np.nonzero(comp[by:by + bh, bx:bx + bw] == label)
-            pts = np.stack([xs + bx, ys + by], axis=1).astype(np.int32)
-            hull = cv2.convexHull(pts).reshape(-1, 2).astype(np.float32)
+            # the object's own cells (not the joining margin), and their box
+            own = ((comp[by:by + bh, bx:bx + bw] == label)
+                   & (grid[by:by + bh, bx:bx + bw] > 0)).astype(np.uint8)
+            ys, xs = np.nonzero(own)
+            oy, ox = int(ys.min()), int(xs.min())
+            own = own[oy:int(ys.max()) + 1, ox:int(xs.max()) + 1]
+            bx, by, bh, bw = bx + ox, by + oy, own.shape[0], own.shape[1]
             seqs = seen_by[label]
-            blobs.append(Blob(class_id, (bx, by, bx + bw, by + bh), hull, min(seqs), max(seqs),
+            blobs.append(Blob(class_id, (bx, by, bx + bw, by + bh), own, min(seqs), max(seqs),
                               float(np.mean(seqs))))
     return tuple(blobs)
 
@@ -142,22 +169,51 @@ def _gap(a: Blob, b: Blob) -> float:
 
 
 class Cover:
-    """Cell-grid masks, one per class, that hulls are painted into."""
+    """Cell-grid masks, one per class, that objects are painted into."""
 
     def __init__(self, shape: tuple[int, int]) -> None:
         self.shape = shape
         self.masks: dict[int, np.ndarray] = {}
 
-    def hull(self, class_id: int, groups: Sequence[tuple[np.ndarray, float]]) -> None:
-        """Paint the convex hull of every (points, margin) group, each point grown to a square
-        of half-side margin (+1 cell for grid rounding)."""
-        points = np.concatenate([
-            (pts[:, None, :] + _SQUARE[None] * (margin + 1.0)).reshape(-1, 2)
-            for pts, margin in groups])
-        hull = cv2.convexHull(np.round(points).astype(np.int32))
-        mask = self.masks.get(class_id)
+    def sweep(self, blob: Blob, shift: np.ndarray, grow: float) -> None:
+        """Paint every cell `blob` covers as it moves by `shift` (x, y cells) along a straight
+        line (its Minkowski sum with the segment, in steps of at most one cell), grown by
+        `grow` cells (+1 for grid rounding) in every direction (a square)."""
+        mask = self.masks.get(blob.class_id)
         if mask is None:
-            mask = self.masks[class_id] = np.zeros(self.shape, np.uint8)
+            mask = self.masks[blob.class_id] = np.zeros(self.shape, np.uint8)
+        pad = math.ceil(grow) + 1
+        dx, dy = float(shift[0]), float(shift[1])
+        x0, y0, x1, y1 = blob.box
+        left, top = x0 + min(0, math.floor(dx)) - pad, y0 + min(0, math.floor(dy)) - pad
+        width = x1 - x0 + math.ceil(abs(dx)) + 2 * pad + 1
+        height = y1 - y0 + math.ceil(abs(dy)) + 2 * pad + 1
+        canvas = np.zeros((height, width), np.uint8)
+        steps = max(1, math.ceil(max(abs(dx), abs(dy))))
+        h, w = blob.cells.shape
+        for k in range(steps + 1):
+            ox = x0 - left + round(dx * k / steps)
+            oy = y0 - top + round(dy * k / steps)
+            np.maximum(canvas[oy:oy + h, ox:ox + w], blob.cells,
+                       out=canvas[oy:oy + h, ox:ox + w])
+        canvas = np.asarray(cv2.dilate(canvas, np.ones((2 * pad + 1, 2 * pad + 1), np.uint8)),
+                            np.uint8)
+        # paste the canvas into the frame's grid, clipped to it
+        fy0, fx0 = max(0, top), max(0, left)
+        fy1, fx1 = min(self.shape[0], top + height), min(self.shape[1], left + width)
+        if fy1 > fy0 and fx1 > fx0:
+            part = canvas[fy0 - top:fy1 - top, fx0 - left:fx1 - left]
+            np.maximum(mask[fy0:fy1, fx0:fx1], part, out=mask[fy0:fy1, fx0:fx1])
+
+    def hull(self, blobs: Sequence[Blob], grow: float) -> None:
+        """Paint the convex hull of `blobs` (of one class; one object seen at several places),
+        grown by `grow` cells (+1 for grid rounding) in every direction (a square)."""
+        points = np.concatenate([b.hull for b in blobs]).astype(np.float32)
+        corners = (points[:, None, :] + _SQUARE[None] * (grow + 1.0)).reshape(-1, 2)
+        hull = cv2.convexHull(np.round(corners).astype(np.int32))
+        mask = self.masks.get(blobs[0].class_id)
+        if mask is None:
+            mask = self.masks[blobs[0].class_id] = np.zeros(self.shape, np.uint8)
         cv2.fillConvexPoly(mask, hull, 1)
 
     def pixels(self, class_id: int, height: int, width: int
@@ -185,30 +241,44 @@ def _pairs(first: Sequence[Blob], second: Sequence[Blob], speed: float
         if a.class_id == b.class_id and _gap(a, b) <= speed * max(1, b.last - a.first) + 1.0)
 
 
+def _held(blob: Blob, speed: float, frames: int) -> float:
+    """Cells a blob seen only on one side of a frame is grown by: `speed` x the frames
+    between, up to half its own larger side (see the module docstring)."""
+    x0, y0, x1, y1 = blob.box
+    return min(speed * max(0, frames), _HELD_GROWTH * max(x1 - x0, y1 - y0))
+
+
 def bracket_cover(seq: int, before: Sequence[Blob], after: Sequence[Blob], speed: float,
                   margin: float, shape: tuple[int, int]) -> Cover:
     """Where the objects `before` frame `seq` (merged analyses at or before it) and `after`
     it may be at `seq`; `margin` more cells all round (module docstring)."""
     cover = Cover(shape)
-    pairs = _pairs(before, after, speed)
-    for _, i, j in pairs:  # any reachable pair may be one object: every hull is covered
-        cover.hull(before[i].class_id, [(before[i].points, margin), (after[j].points, margin)])
     matched_before: set[int] = set()
     matched_after: set[int] = set()
-    for _, i, j in pairs:  # one to one, nearest first
-        if i not in matched_before and j not in matched_after:
-            matched_before.add(i)
-            matched_after.add(j)
-    alone_before = [a for i, a in enumerate(before) if i not in matched_before]
-    alone_after = [b for j, b in enumerate(after) if j not in matched_after]
-    for a in alone_before:
-        for b in alone_after:
-            if a.class_id == b.class_id:  # one object faster than `speed` swept the hull
-                cover.hull(a.class_id, [(a.points, margin), (b.points, margin)])
-    for a in alone_before:  # vanished after it was seen: no further than speed x the time
-        cover.hull(a.class_id, [(a.points, margin + speed * max(0, seq - a.first))])
-    for b in alone_after:  # appeared before it was seen
-        cover.hull(b.class_id, [(b.points, margin + speed * max(0, b.last - seq))])
+    held_before: set[int] = set(range(len(before)))
+    held_after: set[int] = set(range(len(after)))
+    for _, i, j in _pairs(before, after, speed):  # nearest first
+        # each object's nearest partner on the other side, seen from either side: a spurious
+        # object nearer to one end of a real pair cannot take both ends' partners
+        if i in matched_before and j in matched_after:
+            continue
+        a, b = before[i], after[j]
+        # a walk is not a straight line (legs, a head, a turn): a tenth of the way all round
+        slack = margin + _SWEEP_SLACK * float(np.hypot(*(b.center - a.center)))
+        if i not in matched_before and j not in matched_after:  # mutual: one object
+            held_before.discard(i)
+            held_after.discard(j)
+        cover.hull([a, b], slack)
+        matched_before.add(i)
+        matched_after.add(j)
+    # what has no partner of its own (appeared, vanished, missed by the analyses on the other
+    # side, or only the second choice of an object that has a nearer one) is also held
+    for i in held_before:
+        a = before[i]
+        cover.hull([a], margin + _held(a, speed, seq - a.first))
+    for j in held_after:
+        b = after[j]
+        cover.hull([b], margin + _held(b, speed, b.last - seq))
     return cover
 
 
@@ -222,11 +292,11 @@ def hold_cover(seq: int, latest: Sequence[Blob], previous: Sequence[Blob], speed
         if previous[i].at < latest[j].at:
             partners.setdefault(j, []).append(previous[i])
     for j, x in enumerate(latest):
-        if j not in partners:  # no velocity yet: it may have gone anywhere at `speed`
-            cover.hull(x.class_id, [(x.points, margin + speed * max(0, seq - x.first))])
+        if j not in partners:  # no velocity yet (just appeared, or missed before)
+            cover.sweep(x, _STILL, margin + _held(x, speed, seq - x.first))
             continue
         for p in partners[j]:
             shift = (x.center - p.center) * ((seq - x.at) / (x.at - p.at))
             slack = margin + _HOLD_SLACK * float(np.hypot(*shift))
-            cover.hull(x.class_id, [(x.points, slack), (x.points + shift, slack)])
+            cover.sweep(x, shift, slack)
     return cover

@@ -139,7 +139,9 @@ def decide(
                              config.bracket_dilation)
         case "hold":
             picks = _picked(before)
-            if picks is None:
+            if picks is None or len(previous) < len(plan):
+                # hold moves objects on at their velocity: a connection's frames fail closed
+                # until every region has two analyses to measure it from
                 return FailClosed("connecting")
             if any(a.labels is None for a in picks):
                 return FailClosed("analyzer_error")
