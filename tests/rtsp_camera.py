@@ -134,6 +134,7 @@ class FfmpegClient:
         self.scores: list[float] = []
         self.kept: list[tuple[int, object]] = []
         self._keep_every = keep_every
+        self._channels = 1 if pix_fmt == "gray" else 3
         self.proc = subprocess.Popen(
             ["timeout", "-s", "KILL", str(timeout), "ffmpeg", "-nostdin", "-loglevel", "error",
              "-rtsp_transport", "tcp", "-fflags", "nobuffer", "-flags", "low_delay",
@@ -152,20 +153,24 @@ class FfmpegClient:
             self.proc.kill()
 
     def _read(self) -> None:
+        """Every decoded frame, its arrival time noted, to `_take` (until ffmpeg ends)."""
         import numpy as np
 
-        size = self.width * self.height * 3
+        size = self.width * self.height * self._channels
+        shape = (self.height, self.width, 3) if self._channels == 3 else (self.height, self.width)
         assert self.proc.stdout is not None
         while True:
             data = self.proc.stdout.read(size)
             if len(data) < size:
                 return
-            frame = np.frombuffer(data, np.uint8).reshape(self.height, self.width, 3)
-            index = len(self.arrivals)
             self.arrivals.append(time.monotonic())
-            self.scores.append(leak_score(frame))
-            if index % self._keep_every == 0:
-                self.kept.append((index, frame))
+            self._take(len(self.arrivals) - 1, np.frombuffer(data, np.uint8).reshape(shape))
+
+    def _take(self, index: int, frame: np.ndarray) -> None:
+        """What a viewer keeps of frame `index`: its leak score, every keep_every-th frame."""
+        self.scores.append(leak_score(frame))
+        if index % self._keep_every == 0:
+            self.kept.append((index, frame))
 
     @property
     def frames(self) -> int:
@@ -216,20 +221,10 @@ class CodeClient(FfmpegClient):
         super().__init__(url, width, height, keep_every=10**9, crop_rows=crop_rows,
                          timeout=timeout)
 
-    def _read(self) -> None:
-        import numpy as np
-
-        size = self.width * self.height * 3
-        assert self.proc.stdout is not None
-        while True:
-            data = self.proc.stdout.read(size)
-            if len(data) < size:
-                return
-            frame = np.frombuffer(data, np.uint8).reshape(self.height, self.width, 3)
-            self.arrivals.append(time.monotonic())
-            self.codes.append(read_code(frame))
-            if self.height >= MARK_BOX[1] + MARK_BOX[3]:
-                self.scores.append(leak_score(frame))
+    def _take(self, index: int, frame: np.ndarray) -> None:
+        self.codes.append(read_code(frame))
+        if self.height >= MARK_BOX[1] + MARK_BOX[3]:
+            self.scores.append(leak_score(frame))
 
 
 class FakeAnalyzer(MultiScaleAnalyzer):

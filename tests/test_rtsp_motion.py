@@ -49,17 +49,9 @@ class GreyViewer(FfmpegClient):
         self.frames_kept: list[tuple[int | None, np.ndarray, float]] = []
         super().__init__(url, scene.WIDTH, scene.HEIGHT, timeout=300, pix_fmt="gray")
 
-    def _read(self) -> None:
-        size = self.width * self.height
-        assert self.proc.stdout is not None
-        while True:
-            data = self.proc.stdout.read(size)
-            if len(data) < size:
-                return
-            frame = np.frombuffer(data, np.uint8).reshape(self.height, self.width)
-            self.arrivals.append(time.monotonic())
-            band = frame[scene.TOP:scene.TOP + scene.PERSON_HEIGHT].copy()
-            self.frames_kept.append((read_code(frame), band, scene.detail(frame[ABOVE])))
+    def _take(self, index: int, frame: np.ndarray) -> None:
+        band = frame[scene.TOP:scene.TOP + scene.PERSON_HEIGHT].copy()
+        self.frames_kept.append((read_code(frame), band, scene.detail(frame[ABOVE])))
 
 
 @pytest.fixture(scope="module")
