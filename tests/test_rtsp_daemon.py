@@ -339,6 +339,25 @@ def _closest(frame: np.ndarray, sources: list[np.ndarray]) -> int:
     return int(np.argmin(errors))
 
 
+def _kept_blocks(frame: np.ndarray, source: np.ndarray, where: np.ndarray
+                 ) -> tuple[float, np.ndarray]:
+    """The share of the 8x8 blocks inside `where` in which `frame` is still `source` (PSNR
+    above 28 dB: two H.264 passes keep ~35 dB, the paper's blur ~20 dB), and those blocks."""
+    kept = total = 0
+    blocks = np.zeros(where.shape, bool)
+    for y in range(0, where.shape[0] - 7, 8):
+        for x in range(0, where.shape[1] - 7, 8):
+            if not where[y:y + 8, x:x + 8].all():
+                continue
+            diff = frame[y:y + 8, x:x + 8].astype(np.float32) - source[y:y + 8, x:x + 8]
+            mse = float((diff * diff).mean())
+            if 10 * np.log10(255**2 / max(mse, 1e-6)) > 28:
+                kept += 1
+                blocks[y:y + 8, x:x + 8] = True
+            total += 1
+    return (kept / total if total else 0.0), blocks
+
+
 @pytest.mark.slow
 def test_real_model_people_blurred_background_kept(street_feed: Path, shared_data: Path,
                                                    tmp_path: Path) -> None:
@@ -400,12 +419,16 @@ def test_real_model_people_blurred_background_kept(street_feed: Path, shared_dat
             labels_of[index] = analyzer.labels(sources[index])
         return labels_of[index]
 
-    checked = 0
+    checked = failed_closed = 0
+    kept_shares: list[float] = []
     for _, frame in client.kept[2:]:
         index = _closest(frame, sources)
         source = sources[index]
         people = labels(index) == person
         if people.sum() < 400:
+            continue
+        if detail(frame) < 1.0:  # failed closed (a frame past budget_ms): nothing to compare
+            failed_closed += 1
             continue
         # The daemon blurs every anonymized class (plates too), with the masks of the analyses
         # bracketing the frame: leave all of them, from the neighbouring frames, out of the
@@ -417,23 +440,29 @@ def test_real_model_people_blurred_background_kept(street_feed: Path, shared_dat
         for other in range(max(0, index - 15), min(len(sources), index + 16)):
             near |= np.isin(labels(other), anonymized)
         background = ~dilate(near, 24)
-        mse = float(((frame.astype(np.float32) - source) ** 2)[background].mean())
-        psnr = 10 * np.log10(255**2 / max(mse, 1e-6))
-        assert psnr > 28, f"background differs from the source: PSNR {psnr:.1f} dB"
+        # The motion rule (pipeline/motion.py) also blurs the hull each object swept between
+        # two analyses and holds what one analysis missed, so some of that background is
+        # blurred too (bench/motion_overmask.py: ~1.5x the union's area on this clip; one run
+        # kept 17-100 % of it per frame, median 83 %): most of it must still be the camera's
+        # picture, block for block, and never none of it.
+        kept, camera_picture = _kept_blocks(frame, source, background)
+        assert kept > 0.05, f"only {kept:.0%} of the background is the camera's picture"
+        kept_shares.append(kept)
         # On people, the published frame is our own anonymization of the source (give or take
         # two H.264 passes and the bracketing), not the raw source. (A sharpness ratio is not a
         # fair test here: the encoder's noise on small blurred people reads as detail.)
         expected = anonymizer.anonymize(source, labels(index)).frame.astype(np.float32)
         off_raw = float(np.abs(frame - source.astype(np.float32))[people].mean())
         off_expected = float(np.abs(frame - expected)[people].mean())
-        noise = float(np.abs(frame - source.astype(np.float32))[background].mean())
+        noise = float(np.abs(frame - source.astype(np.float32))[camera_picture].mean())
         # raw people would differ from the source by the coding noise of the background
         assert off_raw > 3 * noise, f"people look raw: {off_raw=} vs background {noise=}"
         # the daemon's mask is the union over a cycle of region analyses (bigger objects,
         # bigger kernels than this frame's own labels give): closer to ours than to raw
         assert off_expected < 0.6 * off_raw, f"people are not blurred: {off_expected=} {off_raw=}"
         checked += 1
-    assert checked >= 3, checked
+    assert checked >= 3 and failed_closed <= checked, (checked, failed_closed)
+    assert float(np.median(kept_shares)) > 0.5, kept_shares
 
 
 @pytest.mark.slow

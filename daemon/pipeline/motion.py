@@ -11,7 +11,7 @@ borders is one object, and split into objects (`Blob`: 8-connected cells of one 
 - bracket (frame t between the merged analyses before it and after it): each object before
   is paired with its nearest object after, and each object after with its nearest before, of
   one class, among pairs close enough for one object to have gone from one to the other at
-  `speed` (from the first frame that saw the one to the last that saw the other). A pair may
+  `speed` (between the mean frames of the analyses that saw them). A pair may
   be one object, which swept the convex hull of both: every pair's hull is covered, grown by
   a tenth of the distance between the two (exact for motion along a straight line, whatever
   its speed profile; the slack takes a walk's sway and turns). An object that is not the
@@ -205,6 +205,13 @@ class Cover:
             part = canvas[fy0 - top:fy1 - top, fx0 - left:fx1 - left]
             np.maximum(mask[fy0:fy1, fx0:fx1], part, out=mask[fy0:fy1, fx0:fx1])
 
+    def pair(self, a: Blob, b: Blob, grow: float) -> None:
+        """One object seen as `a`, then as `b`: a swept to b's place and b back to a's (the
+        sweep keeps a group's gaps, which a convex hull would fill)."""
+        shift = b.center - a.center
+        self.sweep(a, shift, grow)
+        self.sweep(b, -shift, grow)
+
     def hull(self, blobs: Sequence[Blob], grow: float) -> None:
         """Paint the convex hull of `blobs` (of one class; one object seen at several places),
         grown by `grow` cells (+1 for grid rounding) in every direction (a square)."""
@@ -234,11 +241,11 @@ class Cover:
 def _pairs(first: Sequence[Blob], second: Sequence[Blob], speed: float
            ) -> list[tuple[float, int, int]]:
     """(gap, i, j) of every pair of one class close enough for one object to have gone from
-    the first to the second at `speed` (from the first's earliest frame to the second's
-    latest), nearest first."""
+    the first to the second at `speed` between the mean frames of the analyses that saw them
+    (a merged object's box spans where they saw it), nearest first."""
     return sorted(
         (_gap(a, b), i, j) for i, a in enumerate(first) for j, b in enumerate(second)
-        if a.class_id == b.class_id and _gap(a, b) <= speed * max(1, b.last - a.first) + 1.0)
+        if a.class_id == b.class_id and _gap(a, b) <= speed * max(1.0, b.at - a.at) + 1.0)
 
 
 def _held(blob: Blob, speed: float, frames: int) -> float:
@@ -275,10 +282,10 @@ def bracket_cover(seq: int, before: Sequence[Blob], after: Sequence[Blob], speed
     # side, or only the second choice of an object that has a nearer one) is also held
     for i in held_before:
         a = before[i]
-        cover.hull([a], margin + _held(a, speed, seq - a.first))
+        cover.sweep(a, _STILL, margin + _held(a, speed, seq - a.first))
     for j in held_after:
         b = after[j]
-        cover.hull([b], margin + _held(b, speed, b.last - seq))
+        cover.sweep(b, _STILL, margin + _held(b, speed, b.last - seq))
     return cover
 
 
