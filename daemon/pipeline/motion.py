@@ -13,15 +13,15 @@ borders is one object, and split into objects (`Blob`: 8-connected cells of one 
   one class, among pairs close enough for one object to have gone from one to the other at
   `speed` (between the mean frames of the analyses that saw them). A pair may
   be one object, which swept the convex hull of both: every pair's hull is covered, grown by
-  a tenth of the distance between the two (exact for motion along a straight line, whatever
+  a fifth of the distance between the two (exact for motion along a straight line, whatever
   its speed profile; the slack takes a walk's sway and turns). An object that is not the
   nearest of its own nearest (it appeared, vanished, was missed by the analyses on the other
   side, or another object is nearer to its partner) is also held where it was seen, grown by
   `speed` x the frames between, up to half its own larger side.
 - hold (frame t after the merged latest analyses, no later one): an object paired (same
   reach rule) with one of the merged analyses before those has a velocity; every cell it
-  covers as it moves on to t along a straight line (its sweep) is covered, grown by a quarter
-  of that shift (speed changes). An object with no earlier partner is held as above.
+  covers as it moves on to t along a straight line (its sweep) is covered, grown by half of
+  that shift (speed changes). An object with no earlier partner is held as above.
 Objects are merged after joining fragments within 2 cells of each other (a head above its
 body, a person cut by a pole), so that they move as one.
 Not covered: objects faster than `speed`, objects that appear far from where an analysis
@@ -44,8 +44,8 @@ from daemon.analysis.tiling import Tile
 from daemon.types import LabelMap
 
 CELL = 4  # pixels per side of a grid block
-_SWEEP_SLACK = 0.1  # bracket: a swept hull is grown by this fraction of the distance swept
-_HOLD_SLACK = 0.25  # hold: a predicted shift is trusted to within this fraction of its length
+_SWEEP_SLACK = 0.2  # bracket: a swept hull is grown by this fraction of the distance swept
+_HOLD_SLACK = 0.5  # hold: a predicted shift is trusted to within this fraction of its length
 # An object seen on one side of a frame only grows by at most this fraction of its own larger
 # side: in real scenes such objects are mostly detection flicker (there, in about the same
 # place); growing them by the full speed x time blurred 41-100 % of real clips' frames
@@ -270,7 +270,7 @@ def bracket_cover(seq: int, before: Sequence[Blob], after: Sequence[Blob], speed
         if i in matched_before and j in matched_after:
             continue
         a, b = before[i], after[j]
-        # a walk is not a straight line (legs, a head, a turn): a tenth of the way all round
+        # a walk is not a straight line (legs, a head, a turn): a fifth of the way all round
         slack = margin + _SWEEP_SLACK * float(np.hypot(*(b.center - a.center)))
         if i not in matched_before and j not in matched_after:  # mutual: one object
             held_before.discard(i)
