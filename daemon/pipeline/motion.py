@@ -33,6 +33,7 @@ Every cover is grown by one more cell (rounding to the grid), plus the caller's 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -112,9 +113,10 @@ class Blob:
         x0, y0, x1, y1 = self.box
         return np.array([(x0 + x1) / 2.0, (y0 + y1) / 2.0], np.float32)
 
-    @property
+    @functools.cached_property
     def hull(self) -> np.ndarray:
-        """The (x, y) frame cells of the convex hull of the object's cells."""
+        """The (x, y) frame cells of the convex hull of the object's cells (computed once:
+        blobs are cached per set of analyses, and painted on every frame between them)."""
         ys, xs = np.nonzero(self.cells)
         points = np.stack([xs + self.box[0], ys + self.box[1]], axis=1).astype(np.int32)
         return np.asarray(cv2.convexHull(points).reshape(-1, 2), np.int32)
@@ -204,13 +206,6 @@ class Cover:
         if fy1 > fy0 and fx1 > fx0:
             part = canvas[fy0 - top:fy1 - top, fx0 - left:fx1 - left]
             np.maximum(mask[fy0:fy1, fx0:fx1], part, out=mask[fy0:fy1, fx0:fx1])
-
-    def pair(self, a: Blob, b: Blob, grow: float) -> None:
-        """One object seen as `a`, then as `b`: a swept to b's place and b back to a's (the
-        sweep keeps a group's gaps, which a convex hull would fill)."""
-        shift = b.center - a.center
-        self.sweep(a, shift, grow)
-        self.sweep(b, -shift, grow)
 
     def hull(self, blobs: Sequence[Blob], grow: float) -> None:
         """Paint the convex hull of `blobs` (of one class; one object seen at several places),
