@@ -386,11 +386,42 @@ class ViewersConfig(FrozenModel):
         True, description="require a user name and password; false only if said explicitly"
     )
     users: tuple[ViewerUserConfig, ...] = Field((), description="who may watch every stream")
+    max_sessions_per_user: int = Field(
+        16, ge=1, le=1024, description="streams one user may watch at once (all cameras)"
+    )
 
 
 class ServerConfig(FrozenModel):
     bind: str = Field("127.0.0.1", description="address of the RTSP server for viewers")
     port: int = Field(8554, ge=1, le=65535, description="TCP port of the RTSP server")
+    max_connections: int = Field(
+        128, ge=1, le=4096, description="viewer connections at once; more are refused"
+    )
+    max_unauthenticated: int = Field(
+        16, ge=1, le=4096,
+        description="connections that have not logged in yet, at once; more are refused",
+    )
+    login_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0,
+        description="a connection that has not logged in after this long is closed",
+    )
+    max_sessions: int = Field(64, ge=1, le=4096, description="streams watched at once, in all")
+    viewer_max_lag_s: float = Field(
+        1.0, ge=0.1, le=30.0,
+        description="a viewer that falls this far behind has frames dropped for it alone, up"
+        " to the next keyframe (the others never wait for it)",
+    )
+    viewer_stall_s: float = Field(
+        10.0, ge=1.0, le=600.0,
+        description="a viewer whose connection takes nothing for this long is disconnected"
+        " (logged), so that it reconnects instead of waiting forever",
+    )
+    pacing_delay_ms: int | None = Field(
+        None, ge=0, le=30000,
+        description="frames leave this long after the camera sent them, at its cadence; null:"
+        " analysis.budget_ms + 100 (bracket) or 250 (hold), the longest a frame waits for its"
+        " analyses",
+    )
 
 
 class MetricsConfig(FrozenModel):
@@ -458,6 +489,15 @@ class Config(FrozenModel):
                 " viewers.auth: false to serve the anonymized streams without a password"
             )
         return self
+
+    @property
+    def pacing_delay_s(self) -> float:
+        """How long after its arrival a frame leaves (server.pacing_delay_ms, resolved)."""
+        if self.server.pacing_delay_ms is not None:
+            return self.server.pacing_delay_ms / 1000.0
+        if self.analysis.temporal == "bracket":
+            return (self.analysis.budget_ms + 100) / 1000.0
+        return 0.25
 
     def camera_blur(self, camera: CameraConfig) -> BlurConfig:
         return camera.blur.apply(self.blur)

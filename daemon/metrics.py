@@ -160,10 +160,24 @@ class Metrics:
         self.reconnects = Counter("reconnects_total", "camera reconnects", ["camera"])
         self.viewers = Gauge("viewers", "RTSP viewers watching the stream", ["camera"])
         self.up = Gauge("camera_up", "1 while the camera publishes anonymized frames", ["camera"])
+        self.viewer_dropped = Counter(
+            "viewer_frames_dropped_total",
+            "frames dropped for one slow viewer alone (it resumed at the next keyframe)",
+            ["camera"])
+        self.viewer_disconnects = Counter(
+            "viewer_disconnects_total",
+            "viewers the server disconnected, by reason (stalled, revoked, rebind,"
+            " camera_removed, server_stopping)", ["camera", "reason"])
+        self.auth_failures = Counter(
+            "rtsp_auth_failures_total", "RTSP requests with a wrong user name or password", [])
+        self.paced_late = Gauge(
+            "frames_paced_late", "frames released after their paced slot (sent at once), since"
+            " the camera started", ["camera"])
         self.families: list[_Family] = [
             self.frames_in, self.published_anonymized, self.published_fail_closed, self.dropped,
             self.analysis_seconds, self.analyses, self.analysis_cycles, self.objects,
-            self.reconnects, self.viewers, self.up,
+            self.reconnects, self.viewers, self.up, self.viewer_dropped,
+            self.viewer_disconnects, self.auth_failures, self.paced_late,
         ]
 
     def forget_camera(self, camera: str) -> None:

@@ -43,3 +43,13 @@ class BlurObject:
     @property
     def radius(self) -> int:
         return (self.kernel - 1) // 2
+
+
+@dataclass(frozen=True)
+class FrameTime:
+    """When a camera frame arrived and the timestamp its camera gave it (what the publisher
+    paces and stamps output frames by; never the pixels)."""
+
+    epoch: int  # the camera connection it came from (timestamps restart with each)
+    arrived: float  # time.monotonic()
+    pts_ns: int | None

@@ -31,12 +31,15 @@ def test_a_safe_frame_cannot_be_made_from_raw_pixels() -> None:
 def test_publisher_refuses_anything_but_a_safe_frame() -> None:
     from daemon.streams.publish import CameraPublisher
 
-    publisher = CameraPublisher("cam", 30.0)
-    raw = _raw()
-    for thing in (raw, AnonymizedFrame(raw, ())):
-        with pytest.raises(TypeError):
-            publisher.publish(thing)  # type: ignore[arg-type]
-    publisher.publish(safe.fail_closed(raw, "black", "test"))  # no viewer: accepted, dropped
+    publisher = CameraPublisher("cam", 30.0, 0.0)
+    try:
+        raw = _raw()
+        for thing in (raw, AnonymizedFrame(raw, ())):
+            with pytest.raises(TypeError):
+                publisher.publish(thing)  # type: ignore[arg-type]
+        publisher.publish(safe.fail_closed(raw, "black", "test"))  # no viewer: accepted, dropped
+    finally:
+        publisher.close()
 
 
 def test_anonymized_frame_never_shares_memory_with_the_raw_frame() -> None:

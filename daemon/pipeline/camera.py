@@ -40,7 +40,7 @@ from daemon.pipeline.temporal import (
 )
 from daemon.safe import SafeFrame
 from daemon.streams.ingest import CameraFrame, CameraReader, CameraSource
-from daemon.types import Image, LabelMap
+from daemon.types import FrameTime, Image, LabelMap
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ _UnionCache = tuple[tuple[object, ...], LabelMap] | None
 
 
 class FramePublisher(Protocol):
-    def publish(self, frame: SafeFrame) -> None: ...
+    def publish(self, frame: SafeFrame, when: FrameTime | None = None) -> None: ...
 
     def set_fps(self, fps: float) -> None: ...
 
@@ -301,7 +301,7 @@ class CameraPipeline:
                     render_s = took if render_s == 0.0 else 0.8 * render_s + 0.2 * took
                     if time.monotonic() - frame.arrived > budget_s:  # rendering was too slow
                         out, reason = self._fail(frame.image), "output_late"
-                self._emit(out, reason)
+                self._emit(out, reason, frame.time)
                 last_raw = frame.image
                 outage_frame = None
                 last_publish = time.monotonic()
@@ -381,7 +381,8 @@ class CameraPipeline:
             log.warning("camera %s: publishing fail-closed frames (%s%s)", self.name, reason,
                         f": {detail}" if detail else "")
 
-    def _emit(self, frame: SafeFrame, reason: str | None = None) -> None:
+    def _emit(self, frame: SafeFrame, reason: str | None = None,
+              when: FrameTime | None = None) -> None:
         """Publish `frame`; `reason`: why a fail-closed frame is (default: its own tag)."""
         if frame.kind == "anonymized":
             self._frozen = None  # the run of fail-closed frames is over
@@ -400,7 +401,7 @@ class CameraPipeline:
         if self._fps:
             self._publisher.set_fps(self._fps)
         try:
-            self._publisher.publish(frame)
+            self._publisher.publish(frame, when)
         except Exception:
             if not self._publish_failing:
                 log.exception("camera %s: publishing failed (logged once until it works)",

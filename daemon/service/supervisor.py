@@ -13,31 +13,64 @@ import numpy as np
 from daemon.analysis import class_ids
 from daemon.backends import Backend, open_backend
 from daemon.config import CameraConfig, Config
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, StreamError
 from daemon.interfaces import Analyzer
 from daemon.metrics import Metrics, MetricsServer
 from daemon.pipeline.camera import CameraPipeline, CameraSetup
 from daemon.service.credentials import read_secret
 from daemon.streams.ingest import CameraSource
-from daemon.streams.publish import CameraPublisher, RtspServer, ViewerLogin
+from daemon.streams.publish import CameraPublisher
+from daemon.streams.rtsp_server import RtspServer, ServerSettings
 
 log = logging.getLogger(__name__)
 
 
-def viewer_logins(config: Config) -> list[ViewerLogin] | None:
-    """The viewer accounts, or None when the config turns authentication off explicitly."""
+def viewer_logins(config: Config) -> dict[str, str] | None:
+    """The viewer accounts (user -> password), or None when the config turns authentication
+    off explicitly. ConfigError if a password cannot be read."""
     viewers = config.viewers
     if not viewers.auth:
         return None
-    logins = []
+    logins: dict[str, str] = {}
     for index, user in enumerate(viewers.users):
         password = read_secret(user, f"viewers.users[{index}] ({user.username})")
         if password is None:  # the model validator requires a source; keep the type checker calm
             raise ConfigError(f"viewers.users[{index}]: no password")
-        logins.append(ViewerLogin(user.username, password))
+        if user.username in logins:
+            raise ConfigError(f"viewers.users[{index}]: user {user.username} is listed twice")
+        logins[user.username] = password
     if not logins:
         log.warning("viewers.auth is on and viewers.users is empty: nobody can watch")
     return logins
+
+
+def server_settings(config: Config) -> ServerSettings:
+    """The RTSP server's settings, passwords resolved (ConfigError if one cannot be read)."""
+    server = config.server
+    return ServerSettings(
+        bind=server.bind, port=server.port, users=viewer_logins(config),
+        max_connections=server.max_connections,
+        max_unauthenticated=server.max_unauthenticated,
+        login_timeout_s=server.login_timeout_s, max_sessions=server.max_sessions,
+        max_sessions_per_user=config.viewers.max_sessions_per_user,
+        viewer_max_lag_s=server.viewer_max_lag_s, viewer_stall_s=server.viewer_stall_s,
+    )
+
+
+class _ViewerEvents:
+    """The RTSP server's viewer events, counted in the daemon's metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def viewer_dropped(self, camera: str, frames: int) -> None:
+        self._metrics.viewer_dropped.inc(camera, amount=frames)
+
+    def viewer_disconnected(self, camera: str, reason: str) -> None:
+        self._metrics.viewer_disconnects.inc(camera, reason)
+
+    def auth_failed(self) -> None:
+        self._metrics.auth_failures.inc()
 
 
 def camera_setup(config: Config, camera: CameraConfig, analyzer: Analyzer) -> CameraSetup:
@@ -105,10 +138,10 @@ class Supervisor:
 
     def start(self) -> None:
         config = self.config
-        logins = viewer_logins(config)
+        settings = server_settings(config)
         self._backend = open_backend(config)
         self._warm_anonymizer()
-        self._server = RtspServer(config.server.bind, config.server.port, logins)
+        self._server = RtspServer(settings, _ViewerEvents(self.metrics))
         self._server.start()
         if config.metrics.enabled:
             self._metrics_server = MetricsServer(
@@ -147,7 +180,7 @@ class Supervisor:
         if self._server is None:
             raise RuntimeError("the RTSP server is not running")
         anonymizer = self.backend.anonymizer(setup.protected, config.camera_blur(camera))
-        publisher = CameraPublisher(camera.name, 0.0)
+        publisher = CameraPublisher(camera.name, 0.0, config.pacing_delay_s)
         pipeline = CameraPipeline(setup, self.analyzer, anonymizer, publisher, self.metrics)
         self._server.mount(publisher)
         pipeline.start()
@@ -170,6 +203,8 @@ class Supervisor:
         deadline = time.monotonic() + timeout + 0.5
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        for _, (_, _, publisher) in entries:
+            publisher.close()
         for name, _ in entries:
             self.metrics.forget_camera(name)
             log.info("camera %s: stopped", name)
@@ -190,21 +225,30 @@ class Supervisor:
                 self._start_camera(config, camera, setups[name])
 
     def reload(self, config: Config) -> None:
-        """Apply `config`. Parts that need a restart (model, server, metrics) are kept as they
-        are, with a warning. A camera whose setup cannot be resolved raises ConfigError before
-        anything changes."""
-        for part in ("model", "server", "viewers", "metrics"):
+        """Apply `config`. The RTSP server takes its new settings (users, auth, limits, a new
+        address: bound first); parts that need a restart (model, metrics) are kept as they are,
+        with a warning. A camera whose setup cannot be resolved, a password that cannot be read
+        or an address that cannot be bound raises before anything changes."""
+        for part in ("model", "metrics"):
             if getattr(config, part) != getattr(self.config, part):
                 log.warning("reload: %s settings changed; they take effect only after a restart",
                             part)
+        settings = server_settings(config)
+        wanted = {c.name: c for c in config.cameras if c.enabled}
+        for _name, camera in wanted.items():  # resolve every camera before changing anything
+            camera_setup(config, camera, self.analyzer)
+        if self._server is not None:
+            try:
+                self._server.configure(settings)
+            except StreamError as exc:
+                raise ConfigError(f"server: {exc}") from None
         added = set(config.analyzed_classes) - set(self.config.analyzed_classes)
         if added:
             log.warning("reload: classes %s are new to the analyzer: until a restart they are"
                         " blurred where the full-frame pass finds them, not the tiles",
                         ", ".join(sorted(added)))
         kept = config.model_copy(update={
-            "model": self.config.model, "server": self.config.server,
-            "viewers": self.config.viewers, "metrics": self.config.metrics})
+            "model": self.config.model, "metrics": self.config.metrics})
         self._apply_cameras(kept)
         self.config = kept
         log.info("reload: configuration applied (%d cameras running)", len(self._cameras))
@@ -240,6 +284,7 @@ class Supervisor:
             cameras = list(self._cameras.values())
         for _, pipeline, publisher in cameras:
             self.metrics.viewers.set(pipeline.name, value=publisher.viewers)
+            self.metrics.paced_late.set(pipeline.name, value=publisher.late)
             self.metrics.up.set(pipeline.name, value=1.0 if pipeline.publishing(window) else 0.0)
 
     def status_line(self) -> str:

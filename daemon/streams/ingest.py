@@ -16,7 +16,7 @@ import numpy as np
 from daemon.config import IngestConfig
 from daemon.errors import StreamError
 from daemon.streams.gst import gst, redact
-from daemon.types import Image
+from daemon.types import FrameTime, Image
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,10 @@ class CameraFrame:
     arrived: float  # time.monotonic() when the reader got it
     pts_ns: int | None  # the stream's timestamp, if any
     fps: float  # the stream's nominal frame rate (0: unknown)
+
+    @property
+    def time(self) -> FrameTime:
+        return FrameTime(self.epoch, self.arrived, self.pts_ns)
 
 
 @dataclass(frozen=True)
