@@ -609,7 +609,7 @@ class RtspServer:
         if new_listener is not None:
             old_listener, self._listener = self._listener, new_listener
             if old_listener is not None:
-                old_listener.close()
+                _close_listener(old_listener)
             self._thread = threading.Thread(target=self._accept_loop, args=(new_listener,),
                                             name="rtsp-server", daemon=True)
             self._thread.start()
@@ -622,7 +622,7 @@ class RtspServer:
         self._stop.set()
         listener, self._listener = self._listener, None
         if listener is not None:
-            listener.close()
+            _close_listener(listener)
         with self._lock:
             connections = list(self._connections)
         for connection in connections:
@@ -630,6 +630,13 @@ class RtspServer:
         if self._thread is not None:
             self._thread.join(max(0.1, timeout))
         log.info("RTSP server stopped")
+
+
+def _close_listener(listener: socket.socket) -> None:
+    """Stop listening now (shutdown wakes the accept loop; close alone waits for it)."""
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
 
 
 def _revoked(connection: _Connection, old: ServerSettings, new: ServerSettings) -> str:
