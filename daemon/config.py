@@ -419,8 +419,8 @@ class ServerConfig(FrozenModel):
     pacing_delay_ms: int | None = Field(
         None, ge=0, le=30000,
         description="frames leave this long after the camera sent them, at its cadence; null:"
-        " analysis.budget_ms + 100 (bracket) or 250 (hold), the longest a frame waits for its"
-        " analyses",
+        " learned, the time 98 % of frames take to be released plus 50 ms, at most"
+        " analysis.budget_ms + 100",
     )
 
 
@@ -491,13 +491,12 @@ class Config(FrozenModel):
         return self
 
     @property
-    def pacing_delay_s(self) -> float:
-        """How long after its arrival a frame leaves (server.pacing_delay_ms, resolved)."""
-        if self.server.pacing_delay_ms is not None:
-            return self.server.pacing_delay_ms / 1000.0
-        if self.analysis.temporal == "bracket":
-            return (self.analysis.budget_ms + 100) / 1000.0
-        return 0.25
+    def pacing_delay(self) -> tuple[float | None, float]:
+        """(server.pacing_delay_ms in s, or None: learned; the most a learned delay may be:
+        analysis.budget_ms + 100 ms, past which frames are failed closed anyway)."""
+        fixed = self.server.pacing_delay_ms
+        return (None if fixed is None else fixed / 1000.0,
+                (self.analysis.budget_ms + 100) / 1000.0)
 
     def camera_blur(self, camera: CameraConfig) -> BlurConfig:
         return camera.blur.apply(self.blur)

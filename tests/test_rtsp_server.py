@@ -23,7 +23,7 @@ from rtsp_camera import free_port
 from rtsp_client import RawRtspClient, frames_of
 
 from daemon import safe
-from daemon.streams.publish import CameraPublisher
+from daemon.streams.publish import CameraPublisher, PacingDelay
 from daemon.streams.rtsp_server import RtspServer, ServerSettings
 from daemon.types import FrameTime
 
@@ -98,7 +98,7 @@ class Served:
 def serve(settings: ServerSettings, *, delay_s: float = 0.0, burst: int = 1) -> Served:
     server = RtspServer(settings)
     server.start()
-    publisher = CameraPublisher("cam", FPS, delay_s)
+    publisher = CameraPublisher("cam", FPS, PacingDelay(delay_s, 1.0))
     server.mount(publisher)
     return Served(server, publisher, Feeder(publisher, burst=burst))
 
@@ -453,3 +453,19 @@ def test_bursts_leave_at_the_camera_cadence_with_its_timestamps(delay_s: float) 
         assert 0.025 < statistics.median(gaps) < 0.042
     else:
         assert bunched > 0.5, bunched  # the unpaced control: bursts reach the viewer
+
+
+def test_a_learned_delay_follows_release_lag_up_at_once_down_slowly() -> None:
+    delay = PacingDelay(None, 1.1)
+    frame_s = 1 / FPS
+    values = [delay.observe(0.3, frame_s) for _ in range(600)]
+    assert values[0] == 1.1  # starts at the cap: safe before anything is known
+    assert abs(values[-1] - 0.35) < 1e-9  # 98 % of the lags + 50 ms margin
+    falls = [a - b for a, b in itertools.pairwise(values)]
+    assert max(falls) <= 0.05 * frame_s + 1e-12  # never faster than 5 % above the cadence
+    for _ in range(10):  # a few late frames (2 % of 300 is 6): it rises at once
+        delay.observe(0.8, frame_s)
+    assert abs(delay.value - 0.85) < 1e-9
+    assert PacingDelay(None, 0.4).observe(5.0, frame_s) == 0.4  # never above the cap
+    fixed = PacingDelay(0.2, 1.1)
+    assert [fixed.observe(lag, frame_s) for lag in (0.0, 3.0)] == [0.2, 0.2]

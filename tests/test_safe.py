@@ -29,9 +29,9 @@ def test_a_safe_frame_cannot_be_made_from_raw_pixels() -> None:
 
 
 def test_publisher_refuses_anything_but_a_safe_frame() -> None:
-    from daemon.streams.publish import CameraPublisher
+    from daemon.streams.publish import CameraPublisher, PacingDelay
 
-    publisher = CameraPublisher("cam", 30.0, 0.0)
+    publisher = CameraPublisher("cam", 30.0, PacingDelay(0.0, 1.0))
     try:
         raw = _raw()
         for thing in (raw, AnonymizedFrame(raw, ())):

@@ -19,7 +19,7 @@ from daemon.metrics import Metrics, MetricsServer
 from daemon.pipeline.camera import CameraPipeline, CameraSetup
 from daemon.service.credentials import read_secret
 from daemon.streams.ingest import CameraSource
-from daemon.streams.publish import CameraPublisher
+from daemon.streams.publish import CameraPublisher, PacingDelay
 from daemon.streams.rtsp_server import RtspServer, ServerSettings
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class Supervisor:
         if self._server is None:
             raise RuntimeError("the RTSP server is not running")
         anonymizer = self.backend.anonymizer(setup.protected, config.camera_blur(camera))
-        publisher = CameraPublisher(camera.name, 0.0, config.pacing_delay_s)
+        publisher = CameraPublisher(camera.name, 0.0, PacingDelay(*config.pacing_delay))
         pipeline = CameraPipeline(setup, self.analyzer, anonymizer, publisher, self.metrics)
         self._server.mount(publisher)
         pipeline.start()

@@ -2,9 +2,10 @@
 
 `publish()` takes a frame when the camera pipeline releases it (each analysis releases the
 frames it brackets at once) and queues it. The pacer sends each frame to the encoder at its
-camera arrival time plus a constant delay, so frames leave at the camera's cadence, and stamps
-it with the camera's own timestamps (RTP timestamps follow them; a frame that has none, an
-outage frame or the first after a reconnect, gets the time since the previous frame). A frame
+camera arrival time plus a constant delay (`PacingDelay`), so frames leave at the camera's
+cadence, and stamps it with the camera's own timestamps (RTP timestamps follow them; a frame
+that has none, an outage frame or the first after a reconnect, gets the time since the
+previous frame). A frame
 released after its slot goes out at once. Frames are encoded only while someone watches (or
 has just asked for the stream's description); a new viewer asks for a keyframe.
 """
@@ -30,6 +31,37 @@ log = logging.getLogger(__name__)
 _WANTED_AFTER_DESCRIBE_S = 10.0  # keep encoding this long after a DESCRIBE without a PLAY
 _MAX_STEP_NS = 5_000_000_000  # a larger camera timestamp step is a reset, not a gap
 _MAX_QUEUED_S = 5.0  # frames queued beyond this much time are dropped (a stuck encoder)
+_LAG_WINDOW = 300  # frames whose release lag a learned delay follows
+_LAG_QUANTILE = 0.98
+_MARGIN_S = 0.05
+_MIN_DELAY_S = 0.05
+_EASE = 0.05  # a learned delay falls by at most this share of each frame interval
+
+
+class PacingDelay:
+    """How long after its arrival a frame leaves: fixed, or learned from how late frames are
+    released (the wait for analyses, rendering). A learned delay starts at `cap_s`, rises at
+    once when frames come later than it, and falls slowly, so that the cadence stays even."""
+
+    def __init__(self, fixed_s: float | None, cap_s: float) -> None:
+        self.learned = fixed_s is None
+        self.value = cap_s if fixed_s is None else fixed_s
+        self._cap = cap_s
+        self._lags: deque[float] = deque(maxlen=_LAG_WINDOW)
+
+    def observe(self, lag_s: float, frame_s: float) -> float:
+        """Note that a frame was released `lag_s` after its arrival; the delay for it."""
+        if self.learned:
+            self._lags.append(lag_s)
+            if len(self._lags) >= 30:
+                ranked = sorted(self._lags)
+                target = ranked[min(len(ranked) - 1, int(_LAG_QUANTILE * len(ranked)))]
+                target = min(self._cap, max(_MIN_DELAY_S, target + _MARGIN_S))
+                if target > self.value:
+                    self.value = target
+                elif target < self.value:
+                    self.value = max(target, self.value - _EASE * frame_s)
+        return self.value
 
 
 def bgr_to_gst_i420(image: np.ndarray) -> bytes:
@@ -67,9 +99,9 @@ class CameraPublisher:
     """The mount of one camera (the RTSP server's `Mount`). `publish()` is thread-safe and
     never blocks; `close()` stops the pacer and the encoder."""
 
-    def __init__(self, name: str, fps: float, delay_s: float) -> None:
+    def __init__(self, name: str, fps: float, delay: PacingDelay) -> None:
         self.name = name
-        self.delay_s = delay_s
+        self.delay = delay
         self._fps = fps if fps > 0 else 30.0
         self._encoder = H264RtpEncoder(name, self._fps, self._fan_out)
         self.ssrc = self._encoder.ssrc
@@ -98,7 +130,10 @@ class CameraPublisher:
         pixels(frame, "publish()")  # the one gate of every output (daemon.safe)
         now = time.monotonic()
         with self._cv:
-            due = (when.arrived if when is not None else now) + self.delay_s
+            if when is not None:
+                due = when.arrived + self.delay.observe(now - when.arrived, 1.0 / self._fps)
+            else:
+                due = now + self.delay.value
             if self._last is not None:
                 due = max(due, self._last[0])
             pts = self._timestamp(when, due)
