@@ -48,14 +48,24 @@ class RawRtspClient:
     host: str
     port: int
     timeout: float = 10.0
+    rcvbuf: int | None = None  # SO_RCVBUF before connecting (a small one: a slow reader)
     sock: socket.socket = field(init=False)
     _buffer: bytearray = field(init=False, default_factory=bytearray)
     _cseq: int = field(init=False, default=0)
     _nonce: str | None = field(init=False, default=None)
+    _realm: str = field(init=False, default="")
     rtp: list[tuple[float, RtpPacket]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
-        self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        self.sock = socket.socket()
+        if self.rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        self.sock.settimeout(self.timeout)
+        try:
+            self.sock.connect((self.host, self.port))
+        except OSError:
+            self.sock.close()
+            raise
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -83,6 +93,12 @@ class RawRtspClient:
 
     def _once(self, method: str, uri: str, headers: dict[str, str] | None,
               auth: tuple[str, str] | None, body: bytes) -> Reply:
+        self.send_request(method, uri, headers, auth=auth, body=body)
+        return self._challenged(self.read_reply())
+
+    def send_request(self, method: str, uri: str, headers: dict[str, str] | None = None, *,
+                     auth: tuple[str, str] | None = None, body: bytes = b"") -> None:
+        """Send a request without waiting for its reply (a keep-alive in the RTP stream)."""
         self._cseq += 1
         lines = [f"{method} {uri} RTSP/1.0", f"CSeq: {self._cseq}", "User-Agent: raw-test"]
         for name, value in (headers or {}).items():
@@ -93,14 +109,13 @@ class RawRtspClient:
         if body:
             lines.append(f"Content-Length: {len(body)}")
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-        reply = self.read_reply()
+
+    def _challenged(self, reply: Reply) -> Reply:
         challenge = reply.header("www-authenticate")
         if reply.status == 401 and challenge:
             params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
             self._realm, self._nonce = params.get("realm", ""), params.get("nonce")
         return reply
-
-    _realm: str = ""
 
     def play_url(self, url: str, *, auth: tuple[str, str] | None = None) -> str:
         """DESCRIBE, SETUP (TCP interleaved 0-1), PLAY: the session id (AssertionError if any
@@ -149,24 +164,42 @@ class RawRtspClient:
                 int.from_bytes(payload[8:12], "big"), size)))
         return True
 
+    def feed(self, chunk: bytes) -> list[Reply]:
+        """Bytes read from `sock` by the caller: RTP goes to `rtp`; the replies are returned."""
+        self._buffer += chunk
+        replies = []
+        while True:
+            while self._next_rtp():
+                pass
+            reply = self._take_reply()
+            if reply is None:
+                return replies
+            replies.append(reply)
+
+    def _take_reply(self) -> Reply | None:
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0 or self._buffer[:1] == b"$":
+            return None
+        head = bytes(self._buffer[:end]).decode(errors="replace").split("\r\n")
+        headers = {}
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        if len(self._buffer) < end + 4 + length:
+            return None
+        body = bytes(self._buffer[end + 4: end + 4 + length])
+        del self._buffer[: end + 4 + length]
+        return Reply(int(head[0].split(" ")[1]), headers, body)
+
     def read_reply(self, timeout: float | None = None) -> Reply:
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
         while True:
             while self._next_rtp():
                 pass
-            end = self._buffer.find(b"\r\n\r\n")
-            if end >= 0 and self._buffer[:1] != b"$":
-                head = bytes(self._buffer[:end]).decode(errors="replace").split("\r\n")
-                headers = {}
-                for line in head[1:]:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length", "0"))
-                if len(self._buffer) >= end + 4 + length:
-                    body = bytes(self._buffer[end + 4: end + 4 + length])
-                    del self._buffer[: end + 4 + length]
-                    status = int(head[0].split(" ")[1])
-                    return Reply(status, headers, body)
+            reply = self._take_reply()
+            if reply is not None:
+                return reply
             if not self._fill(deadline):
                 raise ConnectionError("the server closed the connection")
 
@@ -207,6 +240,8 @@ def digest(user: str, password: str, realm: str, nonce: str, method: str, uri: s
             f' response="{md5(f"{ha1}:{nonce}:{ha2}")}"')
 
 
-def frames_of(packets: list[tuple[float, RtpPacket]]) -> list[tuple[float, int]]:
-    """(arrival of its last packet, RTP timestamp) of each whole frame (marker bit)."""
-    return [(arrived, p.timestamp) for arrived, p in packets if p.marker]
+def frames_of(packets: list[tuple[float, RtpPacket]], channel: int = 0
+              ) -> list[tuple[float, int]]:
+    """(arrival of its last packet, RTP timestamp) of each whole frame (marker bit) on the RTP
+    channel (RTCP on the next channel has the same bit set in every packet)."""
+    return [(arrived, p.timestamp) for arrived, p in packets if p.marker and p.channel == channel]

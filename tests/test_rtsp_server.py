@@ -23,7 +23,7 @@ from rtsp_camera import free_port
 from rtsp_client import RawRtspClient, frames_of
 
 from daemon import safe
-from daemon.streams.publish import CameraPublisher, PacingDelay
+from daemon.streams.publish import CameraClock, CameraPublisher, PacingDelay
 from daemon.streams.rtsp_server import RtspServer, ServerSettings
 from daemon.types import FrameTime
 
@@ -469,3 +469,23 @@ def test_a_learned_delay_follows_release_lag_up_at_once_down_slowly() -> None:
     assert PacingDelay(None, 0.4).observe(5.0, frame_s) == 0.4  # never above the cap
     fixed = PacingDelay(0.2, 1.1)
     assert [fixed.observe(lag, frame_s) for lag in (0.0, 3.0)] == [0.2, 0.2]
+
+
+def test_the_camera_clock_removes_arrival_jitter_and_restarts_on_a_new_connection() -> None:
+    rng = np.random.default_rng(3)
+    clock = CameraClock()
+    start = 1000.0
+    ideal = []
+    for k in range(300):  # arrivals jittered by up to 40 ms (network, decoding), never early
+        pts = int(k * 1e9 / FPS)
+        ideal.append(clock.arrival(FrameTime(1, start + k / FPS + rng.uniform(0, 0.04), pts)))
+    steps = np.diff(ideal[30:])  # once early arrivals were seen, the cadence is the camera's
+    assert np.abs(steps - 1 / FPS).max() < 0.002, (steps.min(), steps.max())
+    assert np.mean(np.abs(steps - 1 / FPS) < 1e-6) > 0.9
+    assert 0 <= ideal[-1] - (start + 299 / FPS) < 0.005
+    # a new connection (timestamps restart) and a frame without a timestamp start anew
+    assert clock.arrival(FrameTime(2, 2000.0, 0)) == 2000.0
+    assert clock.arrival(FrameTime(2, 2000.5, None)) == 2000.5
+    # a camera clock drifting late by more than 0.5 s re-anchors instead of holding frames back
+    assert clock.arrival(FrameTime(2, 2001.0, 0)) == 2001.0
+    assert clock.arrival(FrameTime(2, 2002.7, int(1e9))) == 2002.7

@@ -2,12 +2,12 @@
 
 `publish()` takes a frame when the camera pipeline releases it (each analysis releases the
 frames it brackets at once) and queues it. The pacer sends each frame to the encoder at its
-camera arrival time plus a constant delay (`PacingDelay`), so frames leave at the camera's
-cadence, and stamps it with the camera's own timestamps (RTP timestamps follow them; a frame
-that has none, an outage frame or the first after a reconnect, gets the time since the
-previous frame). A frame
-released after its slot goes out at once. Frames are encoded only while someone watches (or
-has just asked for the stream's description); a new viewer asks for a keyframe.
+camera arrival time (`CameraClock`: the camera's timestamps, free of network and decoding
+jitter) plus a constant delay (`PacingDelay`), so frames leave at the camera's cadence, and
+stamps it with the camera's own timestamps (RTP timestamps follow them; a frame that has none,
+an outage frame or the first after a reconnect, gets the time since the previous frame). A
+frame released after its slot goes out at once. Frames are encoded only while someone watches
+(or has just asked for the stream's description); a new viewer asks for a keyframe.
 """
 
 from __future__ import annotations
@@ -36,6 +36,28 @@ _LAG_QUANTILE = 0.98
 _MARGIN_S = 0.05
 _MIN_DELAY_S = 0.05
 _EASE = 0.05  # a learned delay falls by at most this share of each frame interval
+_REANCHOR_S = 0.5
+
+
+class CameraClock:
+    """When a frame would have arrived without network and decoding jitter: the camera's
+    timestamps mapped onto time.monotonic(). Jitter only ever delays a frame, so the mapping
+    follows the earliest arrival seen for its timestamp; a camera clock that drifts late by
+    more than `_REANCHOR_S`, a new connection or a frame without a timestamp starts anew."""
+
+    def __init__(self) -> None:
+        self._anchor: tuple[int, float] | None = None  # (epoch, monotonic time of pts 0)
+
+    def arrival(self, when: FrameTime) -> float:
+        if when.pts_ns is None:
+            self._anchor = None
+            return when.arrived
+        base = when.arrived - when.pts_ns / 1e9
+        anchor = self._anchor
+        if anchor is None or anchor[0] != when.epoch or base < anchor[1] \
+                or base - anchor[1] > _REANCHOR_S:
+            self._anchor = anchor = (when.epoch, base)
+        return anchor[1] + when.pts_ns / 1e9
 
 
 class PacingDelay:
@@ -102,6 +124,7 @@ class CameraPublisher:
     def __init__(self, name: str, fps: float, delay: PacingDelay) -> None:
         self.name = name
         self.delay = delay
+        self._clock = CameraClock()
         self._fps = fps if fps > 0 else 30.0
         self._encoder = H264RtpEncoder(name, self._fps, self._fan_out)
         self.ssrc = self._encoder.ssrc
@@ -131,7 +154,8 @@ class CameraPublisher:
         now = time.monotonic()
         with self._cv:
             if when is not None:
-                due = when.arrived + self.delay.observe(now - when.arrived, 1.0 / self._fps)
+                arrived = self._clock.arrival(when)
+                due = arrived + self.delay.observe(now - arrived, 1.0 / self._fps)
             else:
                 due = now + self.delay.value
             if self._last is not None:
