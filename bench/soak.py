@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -72,6 +71,7 @@ from rtsp import (
     rss_bytes,
 )
 from rtsp_camera import CameraProcess, free_port, leak_score, wait_port
+from rtsp_client import RawRtspClient, frames_of
 
 RAW_SCORE = 0.3  # leak_score above this: the checkerboard is visible (raw ~0.9, hidden ~0)
 WINDOW_S = 10.0
@@ -207,12 +207,9 @@ def equal_dts(line: str) -> bool:
     return "non monotonically increasing dts" in line
 
 
-class RtspRefused(Exception):
-    pass
-
-
 class SlowViewer:
-    """A raw-socket RTSP viewer that takes at most `fps` frames a second off its socket."""
+    """A raw-socket RTSP viewer (tests/rtsp_client.py) that takes at most `fps` frames a second
+    off its socket; it logs in again whenever it is disconnected."""
 
     def __init__(self, port: int, password: str, fps: float = SLOW_FPS) -> None:
         self.port, self.password, self.fps = port, password, fps
@@ -221,13 +218,9 @@ class SlowViewer:
         self.ends: list[str] = []  # why each connection ended
         self.keepalive_failures = 0
         self.steps: list[int] = []  # RTP timestamp steps between the frames it got (90 kHz)
-        self._last_ts: int | None = None
         self._started = time.monotonic()
         self._stop = threading.Event()
-        self._sock: socket.socket | None = None
-        self._buffer = bytearray()
-        self._cseq = 0
-        self._nonce: str | None = None
+        self._client: RawRtspClient | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="slow-viewer")
         self._thread.start()
 
@@ -235,7 +228,7 @@ class SlowViewer:
         while not self._stop.is_set():
             try:
                 self._session()
-            except (OSError, RtspRefused) as exc:
+            except (OSError, AssertionError) as exc:
                 if not self._stop.is_set():
                     self.ends.append(f"{time.monotonic() - self._started:.0f} s:"
                                      f" {type(exc).__name__}: {exc}")
@@ -243,124 +236,51 @@ class SlowViewer:
                 return
 
     def _session(self) -> None:
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
-            sock.settimeout(30.0)
-            sock.connect(("127.0.0.1", self.port))
-            self.ports.append(sock.getsockname()[1])
-            self._sock, self._buffer, self._cseq, self._nonce = sock, bytearray(), 0, None
-            self._last_ts = None
+        login = (USER, self.password)
+        with RawRtspClient("127.0.0.1", self.port, timeout=30.0, rcvbuf=SLOW_RCVBUF) as client:
+            self._client = client
+            self.ports.append(client.sock.getsockname()[1])
             url = f"rtsp://127.0.0.1:{self.port}/cam"
-            head = self._request("DESCRIBE", url, {"Accept": "application/sdp"})
-            base = head.get("content-base", url.rstrip("/") + "/")
-            head = self._request("SETUP", base + "stream=0",
-                                 {"Transport": "RTP/AVP/TCP;unicast;interleaved=0-1"})
-            session = head.get("session", "").split(";")[0].strip()
-            self._request("PLAY", url, {"Session": session, "Range": "npt=0-"})
+            session = client.play_url(url, auth=login)
             started = time.monotonic()
-            taken = self._drain()
+            taken = self._count(client)
             keepalive = started + 20.0
             while not self._stop.is_set():
                 now = time.monotonic()
                 if now >= keepalive:  # its reply comes in the stream, after the queued RTP
-                    self._send("GET_PARAMETER", url, {"Session": session})
+                    client.send_request("GET_PARAMETER", url, {"Session": session}, auth=login)
                     keepalive = now + 20.0
                 if taken >= self.fps * (now - started):
                     time.sleep(0.01)
                     continue
-                chunk = sock.recv(SLOW_CHUNK)
+                client.sock.settimeout(30.0)
+                chunk = client.sock.recv(SLOW_CHUNK)
                 if not chunk:
                     raise ConnectionError("the server closed the connection")
-                self._buffer += chunk
-                taken += self._drain()
+                replies = client.feed(chunk)
+                self.keepalive_failures += sum(r.status != 200 for r in replies)
+                taken += self._count(client)
 
-    def _drain(self) -> int:
-        """Whole frames (RTP marker bit) taken off the buffer; replies are checked."""
-        frames = 0
-        data = self._buffer
-        while data:
-            if data[0] == 0x24:
-                if len(data) < 4 or len(data) < 4 + (size := int.from_bytes(data[2:4], "big")):
-                    break
-                if data[1] == 0 and size >= 12 and data[5] & 0x80:
-                    frames += 1
-                    stamp = int.from_bytes(data[8:12], "big")
-                    if self._last_ts is not None:
-                        self.steps.append((stamp - self._last_ts) % 2**32)
-                    self._last_ts = stamp
-                del data[:4 + size]
-            elif data[:1] == b"R":
-                reply = self._take_reply()
-                if reply is None:
-                    break
-                self.keepalive_failures += reply[0] != 200
-            else:
-                raise ConnectionError(f"unexpected bytes from the server: {bytes(data[:16])!r}")
-        self.frames += frames
-        return frames
+    def _count(self, client: RawRtspClient) -> int:
+        """Frames (RTP marker bit) received since the last call, their timestamp steps kept."""
+        frames = frames_of(client.rtp)
+        client.rtp.clear()
+        for _, stamp in frames:
+            if self._last_ts is not None:
+                self.steps.append((stamp - self._last_ts) % 2**32)
+            self._last_ts = stamp
+        self.frames += len(frames)
+        return len(frames)
 
-    def _send(self, method: str, uri: str, headers: dict[str, str]) -> None:
-        assert self._sock is not None
-        self._cseq += 1
-        lines = [f"{method} {uri} RTSP/1.0", f"CSeq: {self._cseq}", "User-Agent: soak-slow"]
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        if self._nonce is not None:
-            lines.append("Authorization: " + digest(USER, self.password, self._realm,
-                                                     self._nonce, method, uri))
-        self._sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-
-    _realm = ""
-
-    def _take_reply(self) -> tuple[int, dict[str, str]] | None:
-        end = self._buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return None
-        lines = bytes(self._buffer[:end]).decode(errors="replace").split("\r\n")
-        head = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            head[name.strip().lower()] = value.strip()
-        length = int(head.get("content-length", "0"))
-        if len(self._buffer) < end + 4 + length:
-            return None
-        del self._buffer[:end + 4 + length]
-        return int(lines[0].split(" ")[1]), head
-
-    def _request(self, method: str, uri: str, headers: dict[str, str]) -> dict[str, str]:
-        assert self._sock is not None
-        for _ in range(2):
-            self._send(method, uri, headers)
-            while (reply := self._take_reply()) is None:
-                chunk = self._sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError(f"the server closed the connection after {method}")
-                self._buffer += chunk
-            status, head = reply
-            if status == 401 and "www-authenticate" in head:
-                params = dict(re.findall(r'(\w+)="([^"]*)"', head["www-authenticate"]))
-                self._realm, self._nonce = params.get("realm", ""), params.get("nonce")
-                continue
-            if status != 200:
-                raise RtspRefused(f"{method}: {status}")
-            return head
-        raise RtspRefused(f"{method}: login failed")
+    _last_ts: int | None = None
 
     def stop(self) -> None:
         self._stop.set()
-        sock = self._sock
-        if sock is not None:
+        client = self._client
+        if client is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                client.sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(5)
-
-
-def digest(user: str, password: str, realm: str, nonce: str, method: str, uri: str) -> str:
-    def md5(text: str) -> str:
-        return hashlib.md5(text.encode()).hexdigest()
-
-    ha1, ha2 = md5(f"{user}:{realm}:{password}"), md5(f"{method}:{uri}")
-    return (f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}",'
-            f' response="{md5(f"{ha1}:{nonce}:{ha2}")}"')
 
 
 def stop_group(proc: subprocess.Popen) -> None:
