@@ -1,13 +1,14 @@
 """One camera's published stream: SafeFrames in, paced and encoded, out to its viewers.
 
 `publish()` takes a frame when the camera pipeline releases it (each analysis releases the
-frames it brackets at once) and queues it. The pacer sends each frame to the encoder at its
-camera arrival time (`CameraClock`: the camera's timestamps, free of network and decoding
-jitter) plus a constant delay (`PacingDelay`), so frames leave at the camera's cadence, and
-stamps it with the camera's own timestamps (RTP timestamps follow them; a frame that has none,
-an outage frame or the first after a reconnect, gets the time since the previous frame). A
-frame released after its slot goes out at once. Frames are encoded only while someone watches
-(or has just asked for the stream's description); a new viewer asks for a keyframe.
+frames it brackets at once) and encodes it. The pacer sends each encoded frame to the viewers
+at its camera arrival time (`CameraClock`: the camera's timestamps, free of network and
+decoding jitter) plus a constant delay (`PacingDelay`), so frames leave at the camera's
+cadence, stamped with the camera's own timestamps (RTP timestamps follow them; a frame that
+has none, an outage frame or the first after a reconnect, gets the time since the previous
+frame). A frame released after its slot goes out at once. Frames are encoded only while
+someone watches (or has just asked for the stream's description); a new viewer asks for a
+keyframe.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 _WANTED_AFTER_DESCRIBE_S = 10.0  # keep encoding this long after a DESCRIBE without a PLAY
 _MAX_STEP_NS = 5_000_000_000  # a larger camera timestamp step is a reset, not a gap
 _MAX_QUEUED_S = 5.0  # frames queued beyond this much time are dropped (a stuck encoder)
+_PTS_TOLERANCE_NS = 1_000_000  # an encoder may round timestamps
+_MAX_IN_ENCODER = 120  # frames whose slot is kept while the encoder works on them
 _LAG_WINDOW = 300  # frames whose release lag a learned delay follows
 _LAG_QUANTILE = 0.98
 _MARGIN_S = 0.05
@@ -113,28 +116,31 @@ def _round4(n: int) -> int:
 @dataclass(frozen=True)
 class _Slot:
     due: float
-    frame: SafeFrame
-    pts_ns: int
+    frame: RtpFrame
 
 
 class CameraPublisher:
     """The mount of one camera (the RTSP server's `Mount`). `publish()` is thread-safe and
-    never blocks; `close()` stops the pacer and the encoder."""
+    never blocks for long; `close()` stops the pacer and the encoder.
+
+    A frame is encoded when it is published and its RTP packets wait for its slot (a few kB
+    per frame, not the 2.7 MB of a 720p picture), then go out to every viewer."""
 
     def __init__(self, name: str, fps: float, delay: PacingDelay) -> None:
         self.name = name
         self.delay = delay
         self._clock = CameraClock()
         self._fps = fps if fps > 0 else 30.0
-        self._encoder = H264RtpEncoder(name, self._fps, self._fan_out)
+        self._encoder = H264RtpEncoder(name, self._fps, self._encoded)
         self.ssrc = self._encoder.ssrc
         self._viewers: set[Viewer] = set()
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._slots: deque[_Slot] = deque()
+        self._due: dict[int, float] = {}  # output pts -> slot, of frames in the encoder
         self._wanted_until = 0.0
         self._feeding = False
-        self._last: tuple[float, int] | None = None  # (due, pts) of the last frame queued
+        self._last: tuple[float, int] | None = None  # (due, pts) of the last frame published
         self._last_camera: tuple[int, int] | None = None  # (epoch, camera pts) of that frame
         self._closed = False
         self.late = 0  # frames released after their slot (sent at once)
@@ -149,10 +155,10 @@ class CameraPublisher:
     # --- the camera side -----------------------------------------------------------------------
 
     def publish(self, frame: SafeFrame, when: FrameTime | None = None) -> None:
-        """Queue one frame for its slot. Only SafeFrames are accepted (never a raw array)."""
-        pixels(frame, "publish()")  # the one gate of every output (daemon.safe)
+        """Encode one frame for its slot. Only SafeFrames are accepted (never a raw array)."""
+        image = pixels(frame, "publish()")  # the one gate of every output (daemon.safe)
         now = time.monotonic()
-        with self._cv:
+        with self._lock:
             if when is not None:
                 arrived = self._clock.arrival(when)
                 due = arrived + self.delay.observe(now - arrived, 1.0 / self._fps)
@@ -162,10 +168,22 @@ class CameraPublisher:
                 due = max(due, self._last[0])
             pts = self._timestamp(when, due)
             self._last = (due, pts)
-            while self._slots and now - self._slots[0].due > _MAX_QUEUED_S:
-                self._slots.popleft()
-            self._slots.append(_Slot(due, frame, pts))
-            self._cv.notify()
+            feed = bool(self._viewers) or now < self._wanted_until
+            start = feed and not self._feeding
+            self._feeding = feed
+            if feed:
+                self._due[pts] = due
+                while len(self._due) > _MAX_IN_ENCODER:  # frames the encoder dropped
+                    del self._due[next(iter(self._due))]
+        if not feed:
+            return
+        try:
+            height, width = image.shape[:2]
+            self._encoder.push(bgr_to_gst_i420(image), width, height, pts)
+            if start:
+                self._encoder.request_key_unit()
+        except Exception:
+            log.exception("stream %s: encoding a frame failed", self.name)
 
     def _timestamp(self, when: FrameTime | None, due: float) -> int:
         """The output timestamp: the camera's step since the previous frame where it has
@@ -187,6 +205,23 @@ class CameraPublisher:
         if fps > 0:
             self._fps = fps
 
+    def _encoded(self, frame: RtpFrame) -> None:
+        """From the encoder's thread: queue the frame's packets for its slot."""
+        now = time.monotonic()
+        with self._cv:
+            due = now
+            while frame.pts_ns is not None and self._due:  # in order; skip frames it dropped
+                pts = next(iter(self._due))
+                if pts > frame.pts_ns + _PTS_TOLERANCE_NS:
+                    break
+                slot = self._due.pop(pts)
+                if abs(pts - frame.pts_ns) <= _PTS_TOLERANCE_NS:
+                    due = slot
+            while self._slots and now - self._slots[0].due > _MAX_QUEUED_S:
+                self._slots.popleft()
+            self._slots.append(_Slot(due, frame))
+            self._cv.notify()
+
     def _pace(self) -> None:
         while True:
             with self._cv:
@@ -202,19 +237,9 @@ class CameraPublisher:
                 self._slots.popleft()
                 if wait < -0.05:
                     self.late += 1
-                feed = bool(self._viewers) or time.monotonic() < self._wanted_until
-                start = feed and not self._feeding
-                self._feeding = feed
-            if not feed:
-                continue
-            try:
-                image = pixels(slot.frame, "publish()")
-                height, width = image.shape[:2]
-                self._encoder.push(bgr_to_gst_i420(image), width, height, slot.pts_ns)
-                if start:
-                    self._encoder.request_key_unit()
-            except Exception:
-                log.exception("stream %s: encoding a frame failed", self.name)
+                viewers = list(self._viewers)
+            for viewer in viewers:
+                viewer.offer(slot.frame)
 
     def close(self) -> None:
         with self._cv:
@@ -245,9 +270,3 @@ class CameraPublisher:
             self._viewers.discard(viewer)
             count = len(self._viewers)
         log.info("stream %s: viewer %s left (%d watching)", self.name, viewer.label, count)
-
-    def _fan_out(self, frame: RtpFrame) -> None:
-        with self._lock:
-            viewers = list(self._viewers)
-        for viewer in viewers:
-            viewer.offer(frame)

@@ -26,6 +26,7 @@ PAYLOAD_TYPE = 96
 CLOCK_RATE = 90_000
 _MTU = 1400
 _PULL_TIMEOUT_S = 0.25
+_MAX_RAW_FRAMES = 30  # frames waiting for the encoder; a stuck one loses the oldest
 _IDR, _SPS, _STAP_A, _FU_A = 5, 7, 24, 28
 
 
@@ -36,6 +37,7 @@ class RtpFrame:
     packets: tuple[bytes, ...]
     key: bool  # starts with SPS/PPS and an IDR picture: a viewer can start decoding here
     timestamp: int  # the RTP timestamp (90 kHz) shared by its packets
+    pts_ns: int | None = None  # the buffer timestamp it was encoded with
 
     @property
     def size(self) -> int:
@@ -134,11 +136,12 @@ class H264RtpEncoder:
         self._format_ready.wait(timeout)
         return self._format
 
-    def _build(self, width: int, height: int) -> None:
+    def _build(self, width: int, height: int, first_pts: int) -> None:
         Gst = gst()[0]
         num, den = Gst.util_double_to_fraction(self._fps if self._fps > 0 else 30.0)
         pipeline = Gst.parse_launch(
             f"appsrc name=src is-live=true format=time block=false max-bytes=0"
+            f" max-buffers={_MAX_RAW_FRAMES} leaky-type=downstream"
             f" caps=video/x-raw,format=I420,width={width},height={height},framerate={num}/{den}"
             f" ! {encoder_description(self._fps)}"
             f" ! rtph264pay pt={PAYLOAD_TYPE} config-interval=1 mtu={_MTU} ssrc={self.ssrc}"
@@ -152,7 +155,7 @@ class H264RtpEncoder:
         self._sink = pipeline.get_by_name("sink")
         self._size = (width, height)
         self._stop.clear()
-        self._thread = threading.Thread(target=self._pull, args=(self._sink,),
+        self._thread = threading.Thread(target=self._pull, args=(self._sink, first_pts),
                                         name=f"encode-{self.name}", daemon=True)
         self._thread.start()
 
@@ -165,7 +168,7 @@ class H264RtpEncoder:
                     log.info("stream %s: output size %dx%d -> %dx%d, encoder rebuilt",
                              self.name, *self._size, width, height)
                 self._teardown()
-                self._build(width, height)
+                self._build(width, height, pts_ns)
             buffer = Gst.Buffer.new_wrapped(i420)
             buffer.pts = pts_ns
             buffer.duration = int(Gst.SECOND / (self._fps if self._fps > 0 else 30.0))
@@ -181,10 +184,14 @@ class H264RtpEncoder:
             "GstForceKeyUnit, all-headers=(boolean)true, count=(uint)0")
         sink.send_event(Gst.Event.new_custom(Gst.EventType.CUSTOM_UPSTREAM, structure))
 
-    def _pull(self, sink: Any) -> None:
+    def _pull(self, sink: Any, first_pts: int) -> None:
+        """Whole frames out. Their pts are the caller's: the encoder shifts timestamps (x264enc
+        by 1000 hours) but keeps their steps and order, and its first frame is the first pushed."""
         Gst = gst()[0]
         packets: list[bytes] = []
         key = False
+        pts: int | None = None
+        shift: int | None = None
         while not self._stop.is_set():
             sample = sink.emit("try-pull-sample", int(_PULL_TIMEOUT_S * Gst.SECOND))
             if sample is None:
@@ -194,11 +201,16 @@ class H264RtpEncoder:
             if self._format is None:
                 self._note_format(sample.get_caps())
             buffer = sample.get_buffer()
+            if not packets:
+                pts = buffer.pts if buffer.pts != Gst.CLOCK_TIME_NONE else None
+                if pts is not None:
+                    shift = pts - first_pts if shift is None else shift
+                    pts -= shift
             packet = buffer.extract_dup(0, buffer.get_size())
             key = key or starts_key_unit(packet)
             packets.append(packet)
             if rtp_marker(packet):
-                frame = RtpFrame(tuple(packets), key, rtp_timestamp(packets[0]))
+                frame = RtpFrame(tuple(packets), key, rtp_timestamp(packets[0]), pts)
                 packets, key = [], False
                 try:
                     self._on_frame(frame)
