@@ -58,9 +58,19 @@ def test_unknown_key_suggests_the_field_and_points_at_its_line(tmp_path: Path) -
 
 
 def test_unknown_key_without_close_match_lists_the_valid_keys(tmp_path: Path) -> None:
-    path = _write(tmp_path, "server:\n  zzz: 1\n")
+    path = _write(tmp_path, "metrics:\n  zzz: 1\n")
     (line,) = _errors(path)
-    assert line == f"{path}:2:3: server.zzz: unknown key 'zzz' (expected one of: bind, port)"
+    assert line == (f"{path}:2:3: metrics.zzz: unknown key 'zzz' (expected one of: enabled,"
+                    " bind, port, health_window_s)")
+
+
+def test_server_limits_are_checked_with_file_line_and_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, "server:\n  max_sessions: 0\n  viewer_stall_s: 0.5\n")
+    lines = _errors(path)
+    assert any(line.startswith(f"{path}:2:") and "server.max_sessions" in line
+               for line in lines), lines
+    assert any(line.startswith(f"{path}:3:") and "server.viewer_stall_s" in line
+               for line in lines), lines
 
 
 def test_negative_kernel_fraction_names_key_and_line(tmp_path: Path) -> None:
