@@ -382,8 +382,8 @@ def test_real_model_people_blurred_background_kept(street_feed: Path, shared_dat
         url = f"rtsp://127.0.0.1:{rtsp_port}/street"
         stream = probe(url)
         assert (stream["width"], stream["height"]) == (640, 360)
-        # ffprobe guesses the rate from the first timestamps (push times, released in small
-        # bursts per analysis): 30/1 or 30000/1001 both mean the camera's 30 fps.
+        # ffprobe guesses the rate from the first RTP timestamps (the camera's):
+        # 30/1 or 30000/1001 both mean the camera's 30 fps.
         assert abs(Fraction(stream["r_frame_rate"]) - 30) < Fraction(1, 10), stream
         client = FfmpegClient(url, 640, 360, keep_every=15, timeout=60)
         assert client.wait_frames(30, 30), daemon.log()

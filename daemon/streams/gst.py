@@ -23,8 +23,8 @@ def redact(text: str) -> str:
     return _SECRET_FIELDS.sub(r"\1***", _USERINFO.sub(r"\1://***@", text))
 
 
-def gst() -> tuple[Any, Any, Any, Any]:
-    """(Gst, GLib, GstApp, GstRtspServer), initialised once; BackendUnavailable if missing."""
+def gst() -> tuple[Any, Any, Any]:
+    """(Gst, GLib, GstApp), initialised once; BackendUnavailable if missing."""
     with _lock:
         if not _modules:
             try:
@@ -32,18 +32,17 @@ def gst() -> tuple[Any, Any, Any, Any]:
 
                 gi.require_version("Gst", "1.0")
                 gi.require_version("GstApp", "1.0")
-                gi.require_version("GstRtspServer", "1.0")
                 gi.require_version("GstRtsp", "1.0")
                 gi.require_version("GstVideo", "1.0")
-                from gi.repository import GLib, Gst, GstApp, GstRtspServer
+                from gi.repository import GLib, Gst, GstApp
             except (ImportError, ValueError) as exc:
                 raise BackendUnavailable(
-                    f"GStreamer with the RTSP server is not usable here ({exc}); install the"
+                    f"GStreamer is not usable here ({exc}); install the"
                     " packages listed in README 'Running the daemon'"
                 ) from exc
             Gst.init(None)
-            _modules.update(Gst=Gst, GLib=GLib, GstApp=GstApp, GstRtspServer=GstRtspServer)
-        return _modules["Gst"], _modules["GLib"], _modules["GstApp"], _modules["GstRtspServer"]
+            _modules.update(Gst=Gst, GLib=GLib, GstApp=GstApp)
+        return _modules["Gst"], _modules["GLib"], _modules["GstApp"]
 
 
 def require_elements(*names: str) -> None:
@@ -52,46 +51,3 @@ def require_elements(*names: str) -> None:
     missing = [n for n in names if Gst.ElementFactory.find(n) is None]
     if missing:
         raise BackendUnavailable(f"GStreamer elements missing: {', '.join(missing)}")
-
-
-class MainLoopThread:
-    """A GLib main loop with its own context, running in a daemon thread until `stop()`."""
-
-    def __init__(self, name: str) -> None:
-        _, GLib, _, _ = gst()
-        self._GLib = GLib
-        self.context = GLib.MainContext.new()
-        self.loop = GLib.MainLoop.new(self.context, False)
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def _run(self) -> None:
-        self.context.push_thread_default()
-        try:
-            self.loop.run()
-        finally:
-            self.context.pop_thread_default()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def call(self, fn: Any, *args: Any) -> None:
-        """Run `fn(*args)` once on the loop's thread (GLib objects are not thread-safe)."""
-
-        def once(*_args: Any) -> bool:
-            try:
-                fn(*args)
-            except Exception:
-                log.exception("error in the GLib main loop")
-            return False
-
-        source = self._GLib.idle_source_new()
-        source.set_callback(once)
-        source.attach(self.context)
-
-    def stop(self, timeout: float) -> None:
-        if self._thread.is_alive():
-            self.call(self.loop.quit)
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("GLib main loop %s did not stop within %.1f s", self._thread.name,
-                            timeout)
