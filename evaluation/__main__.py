@@ -27,7 +27,7 @@ from evaluation.utility import VOC_MODEL, TaskModel
 
 log = logging.getLogger("evaluation")
 
-OWN_MODEL = data.REPO / "engines" / "deeplabv3plus_mnv2_person_plate_513.onnx"
+OWN_MODEL = data.REPO / "daemon" / "engines" / "deeplabv3plus_mnv2_person_plate_513.onnx"
 GALLERY = ("deface_city", "anonymizer_coco02", "aiguys_car2", "hyperlpr_test_img",
            "street_pedestrians_cars_640x360@0", "vtest_pedestrians_768x576@0")
 

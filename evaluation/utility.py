@@ -13,7 +13,7 @@ from daemon.analysis.manifest import load_manifest
 from daemon.analysis.onnx_backend import OnnxAnalyzer
 from evaluation.data import REPO
 
-VOC_MODEL = REPO / "engines" / "deeplabv3_mnv2_voc_257.onnx"
+VOC_MODEL = REPO / "daemon" / "engines" / "deeplabv3_mnv2_voc_257.onnx"
 TASK_CLASSES = ("car", "bus", "bicycle")
 MAX_PSNR = 99.0  # identical pixels
 

@@ -1,14 +1,13 @@
-"""Test helpers for the daemon: a real RTSP test camera (GstRtspServer serving a pre-encoded
-clip on 127.0.0.1, in a subprocess, so tests can SIGKILL, SIGSTOP and restart it like a real
-camera), clips with a known sensitive square, and an ffmpeg RTSP client.
+"""Test helpers for the daemon: a real RTSP test camera (daemon.demo.camera's GstRtspServer
+serving a pre-encoded clip on 127.0.0.1, in a subprocess, so tests can SIGKILL, SIGSTOP and
+restart it like a real camera), clips with a known sensitive square, and an ffmpeg RTSP client.
 
-Camera: python tests/rtsp_camera.py --port P --clip FILE [--path /cam] [--user u --password p]
-It exits by itself after --lifetime seconds.
+Camera: python -m daemon.demo.camera --port P --clip FILE [--path /cam] [--user u --password p]
+(it exits by itself after --lifetime seconds).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
@@ -391,56 +390,7 @@ def daemon_main(argv: list[str]) -> int:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "daemon":
         return daemon_main(sys.argv[2:])
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--clip", type=Path, required=True)
-    parser.add_argument("--path", default="/cam")
-    parser.add_argument("--user")
-    parser.add_argument("--password")
-    parser.add_argument("--lifetime", type=float, default=600.0)
-    args = parser.parse_args()
-
-    import gi
-
-    gi.require_version("Gst", "1.0")
-    gi.require_version("GstRtspServer", "1.0")
-    from gi.repository import GLib, Gst, GstRtspServer
-
-    Gst.init(None)
-    clip = str(args.clip.resolve())
-    demux = "matroskademux" if clip.endswith(".mkv") else "qtdemux"
-    # pre-encoded: stream-copied, paced by the RTSP server's clock (a live camera's rate)
-    launch = (f"( filesrc location={clip} ! {demux} ! h264parse ! "
-              "rtph264pay name=pay0 pt=96 config-interval=1 )")
-    server = GstRtspServer.RTSPServer()
-    server.set_address("127.0.0.1")
-    server.set_service(str(args.port))
-    factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(launch)
-    factory.set_shared(True)
-    if args.user:
-        from gi.repository import GstRtsp
-
-        auth = GstRtspServer.RTSPAuth()
-        token = GstRtspServer.RTSPToken()
-        token.set_string("media.factory.role", "cam")
-        auth.add_digest(args.user, args.password, token)
-        auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
-        server.set_auth(auth)
-        perms = GstRtspServer.RTSPPermissions()
-        perms.add_permission_for_role("cam", "media.factory.access", True)
-        perms.add_permission_for_role("cam", "media.factory.construct", True)
-        factory.set_permissions(perms)
-    server.get_mount_points().add_factory(args.path, factory)
-    loop = GLib.MainLoop()
-    if not server.attach(None):
-        print("cannot listen", flush=True)
-        return 1
-    GLib.timeout_add(int(args.lifetime * 1000), loop.quit)
-    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGTERM, loop.quit)
-    print("READY", flush=True)
-    loop.run()
-    return 0
+    raise SystemExit("usage: rtsp_camera.py daemon LIFETIME FAKE|- ANONYMIZER-ARGS...")
 
 
 def free_port() -> int:
@@ -478,7 +428,8 @@ class CameraProcess:
         return f"rtsp://127.0.0.1:{self.port}/cam"
 
     def start(self) -> CameraProcess:
-        command = [sys.executable, __file__, "--port", str(self.port), "--clip", str(self.clip),
+        command = [sys.executable, "-m", "daemon.demo.camera", "--port", str(self.port),
+                   "--clip", str(self.clip),
                    "--lifetime", str(self.lifetime)]
         if self.user:
             command += ["--user", self.user, "--password", self.password or ""]

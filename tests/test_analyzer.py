@@ -26,7 +26,7 @@ from daemon.config import AnalysisConfig, Config, ModelConfig, TilingConfig
 from daemon.errors import ConfigError, EngineError, ModelError
 from daemon.interfaces import Analyzer
 
-ENGINES = Path(__file__).resolve().parents[1] / "engines"
+ENGINES = Path(__file__).resolve().parents[1] / "daemon" / "engines"
 MODEL = ENGINES / "deeplabv3_mnv2_voc_257.onnx"
 MANIFEST = ENGINES / "deeplabv3_mnv2_voc_257.manifest.yaml"
 REFERENCE_CLASSES = ("person",)  # the reference (VOC) has no license_plate

@@ -21,7 +21,7 @@ from daemon.backends import open_backend
 from daemon.config import AnalysisConfig, Config, ModelConfig, TilingConfig
 from daemon.errors import BackendUnavailable
 
-ENGINES = Path(__file__).resolve().parents[1] / "engines"
+ENGINES = Path(__file__).resolve().parents[1] / "daemon" / "engines"
 MODEL = ENGINES / "deeplabv3plus_mnv2_person_plate_513.onnx"
 MANIFEST = MODEL.with_suffix(".manifest.yaml")
 PROTECTED = (1, 2)  # person, license_plate in the default model's manifest

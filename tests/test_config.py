@@ -24,7 +24,7 @@ from daemon.config import (
     Config,
     FrozenModel,
 )
-from daemon.configfile import PROJECT_ROOT, check_config_command, load_config, parse_yaml_model
+from daemon.configfile import PACKAGE_ROOT, check_config_command, load_config, parse_yaml_model
 from daemon.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,11 +258,11 @@ def test_given_relative_model_path_resolves_against_the_config_folder(tmp_path: 
     assert config.model.engine_cache == folder / "plans"
 
 
-def test_default_model_path_resolves_against_the_project_root(tmp_path: Path) -> None:
+def test_default_model_path_resolves_against_the_package(tmp_path: Path) -> None:
     path = _write(tmp_path, "model:\n  device: cpu\n")
     config = load_config(path)
-    assert PROJECT_ROOT == REPO
-    model = REPO / "engines" / "deeplabv3plus_mnv2_person_plate_513"
+    assert PACKAGE_ROOT == REPO / "daemon"
+    model = REPO / "daemon" / "engines" / "deeplabv3plus_mnv2_person_plate_513"
     assert config.model.path == model.with_suffix(".onnx")
     assert config.model.manifest_path == model.with_suffix(".manifest.yaml")
     assert load_config(None).model.path == config.model.path

@@ -106,7 +106,7 @@ def test_quick_run_writes_the_report(shared_data: Path, tmp_path: Path) -> None:
     from evaluation.__main__ import main
 
     assert main(["--quick", "--no-hyperlpr", "--data", str(shared_data), "--out", str(tmp_path),
-                 "--models", str(REPO / "engines" / "deeplabv3_mnv2_voc_257.onnx")]) == 0
+                 "--models", str(REPO / "daemon" / "engines" / "deeplabv3_mnv2_voc_257.onnx")]) == 0
     report = (tmp_path / "REPORT.md").read_text()
     for heading in ("## Headline", "### 1. Privacy", "### Faces against our masks",
                     "### 2. Multi-scale", "### 3. Temporal", "### 4. Segmentation by object size",

@@ -16,7 +16,7 @@ from daemon.gpu.engine import BuildProgress, GpuIdentity, ensure_engine, fp16_va
 
 trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx not installed (pip install it)")
 
-ENGINES = Path(__file__).resolve().parents[1] / "engines"
+ENGINES = Path(__file__).resolve().parents[1] / "daemon" / "engines"
 MODEL = ENGINES / "deeplabv3_mnv2_voc_257.onnx"
 CPU_BUILD = GpuIdentity("none (CPU-only build)", (0, 0))
 

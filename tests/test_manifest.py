@@ -14,7 +14,7 @@ from daemon.analysis import class_ids, load_manifest
 from daemon.analysis.manifest import Manifest
 from daemon.errors import ConfigError, ModelError
 
-ENGINES = Path(__file__).resolve().parents[1] / "engines"
+ENGINES = Path(__file__).resolve().parents[1] / "daemon" / "engines"
 REFERENCE = ENGINES / "deeplabv3_mnv2_voc_257.manifest.yaml"
 
 VOC = [

@@ -10,7 +10,7 @@ import pytest
 from daemon.analysis.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
-ENGINES = REPO / "engines"
+ENGINES = REPO / "daemon" / "engines"
 OUR_MODEL = ENGINES / "deeplabv3plus_mnv2_person_plate_513.onnx"
 
 

@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="only (re)build the teacher's hints (people on plate images, "
                         "vehicles on person images)")
     parser.add_argument("--reference", type=Path,
-                        default=REPO / "engines" / "deeplabv3_mnv2_voc_257.onnx")
+                        default=REPO / "daemon" / "engines" / "deeplabv3_mnv2_voc_257.onnx")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.hints:

@@ -31,7 +31,7 @@ from training.metrics import Tally
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO / "engines" / "deeplabv3_mnv2_voc_257.onnx"
+REFERENCE = REPO / "daemon" / "engines" / "deeplabv3_mnv2_voc_257.onnx"
 SET_CLASS = {"person": ("person", 1), "plate": ("license_plate", 2)}
 
 

@@ -1,9 +1,9 @@
 """Export a checkpoint to ONNX + manifest + model card (`python -m training.export`).
 
-Writes `engines/<name>.onnx` (opset 17, input `image` float32 1 x 3 x 513 x 513 RGB
+Writes `daemon/engines/<name>.onnx` (opset 17, input `image` float32 1 x 3 x 513 x 513 RGB
 ImageNet-normalised, output `logits` float32 1 x 3 x 129 x 129 at stride 4, which the daemon
-upsamples exactly), `engines/<name>.manifest.yaml` with its sha256 and, with `--card`,
-`engines/<name>.md` from a template filled with the checkpoint's training settings and the
+upsamples exactly), `daemon/engines/<name>.manifest.yaml` with its sha256 and, with `--card`,
+`daemon/engines/<name>.md` from a template filled with the checkpoint's training settings and the
 evaluation table of `python -m training.evaluate` (`--evaluation`, a Markdown file).
 `--dynamic` exports symbolic H and W instead (manifest `size: dynamic`).
 """
@@ -65,10 +65,10 @@ def sha256(path: Path) -> str:
 
 def write_manifest(onnx_path: Path, name: str, size: int = INPUT_SIZE,
                    dynamic: bool = False) -> Path:
-    """`<onnx>.manifest.yaml` in the format of engines/README.md, with the file's sha256."""
+    """`<onnx>.manifest.yaml` in the format of daemon/engines/README.md, with the file's sha256."""
     out_side = (size - 1) // 4 + 1
     classes = "\n".join(f"  {c}: {i}" for i, c in enumerate(CLASSES))
-    text = f"""# Manifest of the project's own DeepLabv3+ (see engines/README.md for every field).
+    text = f"""# Manifest of the project's own DeepLabv3+ (see daemon/engines/README.md for every field).
 # Trained by `python -m training.train`, exported by `python -m training.export`; card: {name}.md
 name: {name}
 sha256: {sha256(onnx_path)}
@@ -181,7 +181,7 @@ of {per_epoch} steps), {init}.
 
 ## Measured (val split, through the daemon's ONNX Runtime analyzer)
 
-`python -m training.evaluate engines/{name}.onnx` (reference model alongside). IoU is
+`python -m training.evaluate daemon/engines/{name}.onnx` (reference model alongside). IoU is
 dataset-level (intersections and unions summed over a source's images), at each image's own
 resolution. `found/<size>`: share of ground-truth person blobs (8-connected) with at least half
 of their pixels labelled person; sizes are pixel areas small < 32^2 <= medium < 96^2 <= large.
@@ -197,7 +197,7 @@ project's shared 2-core CPU machine (other jobs running: an upper bound).
 def write_card(onnx_path: Path, name: str, state: dict, evaluation: str, notes: str,
                size: int = INPUT_SIZE, output_stride: int = 16,
                settings_label: str = CHECKPOINT_SETTINGS) -> Path:
-    """engines/<name>.md: what the model is, its data and licences, training, measurements."""
+    """daemon/engines/<name>.md: what the model is, its data and licences, training, measurements."""
     config = state["config"]
     settings = f"{settings_label}: " + ", ".join(
         f"`{k}={v}`" for k, v in config.items() if k not in ("extra", "data"))
@@ -237,13 +237,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path,
                         default=REPO / "training" / "runs" / "main" / "best.pt")
     parser.add_argument("--name", default=DEFAULT_NAME)
-    parser.add_argument("--out", type=Path, default=REPO / "engines")
+    parser.add_argument("--out", type=Path, default=REPO / "daemon" / "engines")
     parser.add_argument("--size", type=int, default=INPUT_SIZE)
     parser.add_argument("--dynamic", action="store_true", help="symbolic H and W")
     parser.add_argument("--output-stride", type=int, choices=(8, 16),
                         help="run the trained weights at this output stride (default: the "
                              "stride they were trained at)")
-    parser.add_argument("--card", action="store_true", help="also write engines/<name>.md")
+    parser.add_argument("--card", action="store_true", help="also write daemon/engines/<name>.md")
     parser.add_argument("--evaluation", type=Path, help="Markdown table from training.evaluate")
     parser.add_argument("--notes", type=Path, help="Markdown appended to the card")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Start our DeepLabv3+ from the reference VOC model's weights (`init: reference`).
 
-The reference (`engines/deeplabv3_mnv2_voc_257.onnx`, Google's TF-Lite DeepLabv3, Apache-2.0)
+The reference (`daemon/engines/deeplabv3_mnv2_voc_257.onnx`, Google's TF-Lite DeepLabv3, Apache-2.0)
 is a MobileNetV2 at depth multiplier 0.5 with an ASPP of a 1x1 branch and image pooling,
 trained on PASCAL VOC: it already finds people (val person IoU 0.80). Its ONNX holds every
 convolution with its batch norm folded in, in graph order, so they map one to one onto
@@ -33,7 +33,7 @@ from training.model import ASPP, DeepLabV3Plus, MobileNetV2Backbone
 
 log = logging.getLogger(__name__)
 
-REFERENCE = REPO / "engines" / "deeplabv3_mnv2_voc_257.onnx"
+REFERENCE = REPO / "daemon" / "engines" / "deeplabv3_mnv2_voc_257.onnx"
 REFERENCE_WIDTH = "mnv2_050"
 REFERENCE_CLASSES = 21
 REFERENCE_PERSON = 15
