@@ -7,8 +7,9 @@
 #   ./install.sh --daemon     + the RTSP daemon, `anonymizer demo` (GStreamer, PyGObject, ffmpeg)
 #   ./install.sh --gpu        + the NVIDIA backend (CuPy, TensorRT; needs the NVIDIA driver)
 #   ./install.sh --eval       + the privacy evaluation's attackers (python -m evaluation)
+#   ./install.sh --batch      + `anonymizer batch` (archives on a Ray cluster; Ray, ~80 MB)
 #   ./install.sh --train      + training (python -m training.train; PyTorch CPU, ~0.9 GB)
-#   ./install.sh --dev        everything the test suite needs (= --daemon --eval + test tools)
+#   ./install.sh --dev        everything the test suite needs (= --daemon --eval --batch + tools)
 #
 # Options: --venv DIR (default .venv), --no-apt (skip system packages: say what is missing),
 # --python PATH (default: python3 on the PATH; 3.11 or newer).
@@ -17,14 +18,15 @@ cd "$(dirname "$0")"
 
 usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
-daemon=0 gpu=0 eval=0 train=0 dev=0 apt=1 venv=.venv python=""
+daemon=0 gpu=0 eval=0 batch=0 train=0 dev=0 apt=1 venv=.venv python=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --daemon) daemon=1 ;;
         --gpu) gpu=1 ;;
         --eval) eval=1 ;;
+        --batch) batch=1 ;;
         --train) train=1 ;;
-        --dev) dev=1 daemon=1 eval=1 ;;
+        --dev) dev=1 daemon=1 eval=1 batch=1 ;;
         --no-apt) apt=0 ;;
         --venv) venv="${2:?--venv needs a folder}"; shift ;;
         --python) python="${2:?--python needs an interpreter}"; shift ;;
@@ -97,6 +99,7 @@ extras=()
 [ "$daemon" = 1 ] && extras+=(daemon)
 [ "$gpu" = 1 ] && extras+=(gpu)
 [ "$eval" = 1 ] && extras+=(eval)
+[ "$batch" = 1 ] && extras+=(batch)
 [ "$train" = 1 ] && extras+=(train)
 [ "$dev" = 1 ] && extras+=(dev)
 spec="."
