@@ -82,7 +82,7 @@ def test_demo_serves_anonymized_frames_and_stops_on_ctrl_c() -> None:
                      daemon=True).start()
     errors: list[str] = []
     threading.Thread(target=lambda: errors.extend(proc.stderr or []), daemon=True).start()
-    viewer = None
+    viewer: FfmpegClient | None = None
     try:
         url = None
         deadline = time.monotonic() + 180
@@ -105,21 +105,30 @@ def test_demo_serves_anonymized_frames_and_stops_on_ctrl_c() -> None:
             capture_output=True, text=True, timeout=30)
         assert probe.stdout.strip() == f"h264,{WIDTH},{HEIGHT}", probe.stderr
 
-        viewer = FfmpegClient(url, WIDTH, HEIGHT, keep_every=5, timeout=90)
+        viewer = FfmpegClient(url, WIDTH, HEIGHT, keep_every=5, timeout=150)
         assert viewer.wait_frames(60, 60), f"viewer got {viewer.frames} frames"
         assert wait_for(lambda: metric(http_get(metrics_port, "/metrics")[1],
                                        "frames_published_anonymized_total", camera="demo") >= 60,
                         20)
         raw_frames = _clip_frames()
-        # past the first second (fail-closed while the first analyses come in)
-        results = [_compare(frame, raw_frames) for index, frame in viewer.kept if index >= 20]
-        assert len(results) >= 5
-        kept = np.median([k for k, _ in results])
-        blurred = np.median([b for _, b in results])
-        print(f"demo: blocks kept {kept:.3f}, textured blocks blurred {blurred:.3f}")
-        # anonymized, not fail-closed: most of the scene kept, the walkers' blocks blurred
-        assert kept > 0.6, f"median share of blocks kept {kept:.2f}"
-        assert blurred > 0.01, f"median share of textured blocks blurred {blurred:.3f}"
+        # every published frame is blurred somewhere (anonymized, or fail-closed while the
+        # analysis is late: a loaded machine); enough of them are anonymized, not fail-closed:
+        # most of the scene kept, the walkers' blocks blurred
+        results: dict[int, tuple[float, float]] = {}
+
+        def enough_anonymized() -> bool:
+            for index, frame in list(viewer.kept):
+                if index not in results:
+                    results[index] = _compare(frame, raw_frames)
+            return sum(kept > 0.6 for kept, _ in results.values()) >= 5
+
+        assert wait_for(enough_anonymized, 90, step=1.0), sorted(results.items())
+        blurred = min(b for _, b in results.values())
+        anonymized = [(k, b) for k, b in results.values() if k > 0.6]
+        print(f"demo: {len(results)} frames compared, {len(anonymized)} anonymized (median kept"
+              f" {np.median([k for k, _ in anonymized]):.3f}, blurred"
+              f" {np.median([b for _, b in anonymized]):.3f}), least blurred {blurred:.3f}")
+        assert blurred > 0.01, "a published frame looks raw"
         viewer.stop()
         viewer = None
 

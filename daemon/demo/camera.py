@@ -22,24 +22,23 @@ from typing import Any
 import cv2
 
 from daemon.errors import BackendUnavailable, StreamError
+from daemon.streams.gst import gst
 
 log = logging.getLogger(__name__)
 
 
 def _rtsp_server_modules() -> tuple[Any, Any, Any, Any]:
     """(Gst, GLib, GstRtsp, GstRtspServer), initialised; BackendUnavailable if missing."""
+    Gst, GLib, _ = gst()
     try:
         import gi
 
-        gi.require_version("Gst", "1.0")
-        gi.require_version("GstRtsp", "1.0")
         gi.require_version("GstRtspServer", "1.0")
-        from gi.repository import GLib, Gst, GstRtsp, GstRtspServer
+        from gi.repository import GstRtsp, GstRtspServer
     except (ImportError, ValueError) as exc:
         raise BackendUnavailable(
             f"the test camera needs GStreamer's RTSP server ({exc}); run ./install.sh --daemon"
         ) from exc
-    Gst.init(None)
     return Gst, GLib, GstRtsp, GstRtspServer
 
 
