@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from daemon.logsafety import install as install_log_filter
+
+    install_log_filter()  # every handler redacts secrets; GStreamer's debug output joins it
     try:
         match args.command:
             case "check-config":

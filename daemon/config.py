@@ -7,8 +7,10 @@ lines lives in `daemon.configfile`.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, unquote_to_bytes
 
 from pydantic import (
     BaseModel,
@@ -20,11 +22,15 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.logsafety import is_secret_key
+
 DEFAULT_MODEL = Path("engines/deeplabv3plus_mnv2_person_plate_513.onnx")
 
 
 class FrozenModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a ValidationError's text (chained under every ConfigError) must not
+    # carry the value it refused, which may be a camera URL with its password
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 def _odd(value: int, name: str) -> int:
@@ -223,11 +229,120 @@ class BlurConfig(FrozenModel):
 _CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,255}$")
 
+_URL_HINT = (
+    "percent-encode those characters in the user and password (/ as %2F, ? as %3F, # as %23,"
+    " @ as %40, % as %25) or give the user and password in the camera's credentials: block"
+)
+_HOST_CHARS = re.compile(r"^[A-Za-z0-9._~%!$&'()*+,;=-]+$")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+@dataclass(frozen=True)
+class CameraUrl:
+    """A camera URL split: `location` has no user or password; both are percent-decoded."""
+
+    location: str
+    username: str | None
+    password: str | None
+    query_secrets: tuple[str, ...]  # values of ?token=, &pwd=, ... (as written and decoded)
+
+    def __repr__(self) -> str:  # never print the password, even by accident
+        return f"CameraUrl({self.location!r}, user={'***' if self.username else None})"
+
+
+def _decode_userinfo(text: str) -> str:
+    if _BAD_ESCAPE.search(text):
+        raise ValueError(
+            "the user or password in the camera url has a '%' that is not followed by two hex"
+            " digits: write a literal '%' as %25, or give the user and password in the"
+            " camera's credentials: block"
+        )
+    try:
+        return unquote_to_bytes(text).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(
+            "the user or password in the camera url is not valid percent-encoded UTF-8"
+        ) from None
+
+
+def _host_port(hostport: str) -> str:
+    """`host[:port]` checked and normalised (IPv6 in brackets). Messages never quote it: a
+    mistyped URL may have part of a password there."""
+    port = ""
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0:
+            raise ValueError("camera url has an unclosed '[' in its host")
+        host, rest = hostport[: end + 1], hostport[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError("camera url has characters after the ']' of its IPv6 host")
+        port = rest[1:]
+        if len(host) <= 2:
+            raise ValueError("camera url has no host")
+    else:
+        host, _, port = hostport.partition(":")
+        if ":" in port:
+            raise ValueError("an IPv6 host must be written in brackets: rtsp://[2001:db8::1]/...")
+        if not host:
+            raise ValueError("camera url has no host")
+        if not _HOST_CHARS.match(host):
+            raise ValueError("the host of the camera url has a character not allowed in a host")
+    if port:
+        if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(
+                "the port of the camera url must be a number from 1 to 65535 (a password"
+                " with a raw '/', '?' or '#'? " + _URL_HINT + ")"
+            )
+        return f"{host}:{int(port)}"
+    return host
+
+
+def parse_camera_url(url: str) -> CameraUrl:
+    """Split `scheme://[user[:password]@]host[:port][/path][?query][#fragment]`.
+
+    The authority ends at the first '/', '?' or '#' (RFC 3986); a raw '@' is allowed only once,
+    as the separator of the user and password, which may hold any other character raw (':' in
+    the password too) or percent-encoded. Anything ambiguous raises ValueError with a message
+    that never contains the URL, its user or its password.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("rtsp", "rtsps"):
+        raise ValueError("camera url must start with rtsp:// or rtsps://")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise ValueError("camera url contains a space or a control character: percent-encode it"
+                         " (a space is %20) or, in a password, use the credentials: block")
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if "@" in tail:
+        raise ValueError("camera url has an '@' after its host part: a user or password with a"
+                         " raw '/', '?', '#' or '@' is ambiguous; " + _URL_HINT)
+    username = password = None
+    if "@" in authority:
+        userinfo, _, authority = authority.rpartition("@")
+        if "@" in userinfo:
+            raise ValueError("camera url has more than one '@': a raw '@' in a user or password"
+                             " is ambiguous; " + _URL_HINT)
+        user, colon, secret = userinfo.partition(":")
+        if not user:
+            raise ValueError("camera url has an '@' but no user name before it")
+        username = _decode_userinfo(user)
+        password = _decode_userinfo(secret) if colon else None
+    location = f"{scheme}://{_host_port(authority)}{tail}"
+    query = tail.partition("?")[2].partition("#")[0] if "?" in tail.partition("#")[0] else ""
+    secrets: list[str] = []
+    for pair in re.split(r"[&;]", query):
+        key, eq, value = pair.partition("=")
+        if eq and value and is_secret_key(unquote(key)):
+            secrets += [value, unquote(value)]
+    return CameraUrl(location, username, password, tuple(dict.fromkeys(secrets)))
+
 
 class SecretConfig(FrozenModel):
     """Where a password comes from: exactly one of a file, a systemd credential, or inline."""
 
-    password_file: Path | None = Field(None, description="file holding the password (one line)")
+    password_file: Path | None = Field(
+        None, description="file holding the password on its first line (later lines ignored)"
+    )
     password_credential: str | None = Field(
         None,
         description="name of a systemd credential (LoadCredential=) in $CREDENTIALS_DIRECTORY",
@@ -305,10 +420,15 @@ class CameraConfig(FrozenModel):
     """One camera: where to pull it from, and how its stream is anonymized."""
 
     name: str = Field(description="path of the republished stream: rtsp://<bind>:<port>/<name>")
-    url: str = Field(description="the camera's RTSP URL")
+    url: str = Field(
+        description="the camera's RTSP URL; a user and password in it must percent-encode"
+        " '/', '?', '#', '@' and '%' (or go in credentials:)"
+    )
     enabled: bool = Field(True, description="false: keep the entry but do not open the stream")
     credentials: CameraCredentialsConfig | None = Field(
-        None, description="user and password for the camera (instead of user:pass@ in the url)"
+        None,
+        description="user and password for the camera (instead of user:pass@ in the url; the"
+        " password may hold any character)",
     )
     anonymize: tuple[str, ...] | None = Field(
         None, min_length=1, description="class names to blur on this camera; null: the global list"
@@ -327,9 +447,12 @@ class CameraConfig(FrozenModel):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not value.startswith(("rtsp://", "rtsps://")):
-            raise ValueError("camera url must start with rtsp:// or rtsps://")
+        parse_camera_url(value)
         return value
+
+    @property
+    def parsed_url(self) -> CameraUrl:
+        return parse_camera_url(self.url)
 
     @field_validator("anonymize")
     @classmethod
@@ -482,6 +605,11 @@ class Config(FrozenModel):
                 camera.blur.apply(self.blur)
             except ValueError as exc:
                 raise ValueError(f"cameras[{index}].blur: {_first_error(exc)}") from None
+            if camera.credentials is not None and camera.parsed_url.username is not None:
+                raise ValueError(
+                    f"cameras[{index}].url: has a user name (and password) and the camera's"
+                    " credentials: block gives one too; keep only one of them"
+                )
         enabled = any(c.enabled for c in self.cameras)
         if enabled and self.viewers.auth and not self.viewers.users:
             raise ValueError(
@@ -489,6 +617,19 @@ class Config(FrozenModel):
                 " viewers.auth: false to serve the anonymized streams without a password"
             )
         return self
+
+    @property
+    def inline_secrets(self) -> tuple[str, ...]:
+        """The secrets written in the config itself (passwords in camera URLs, their query
+        tokens, inline `password:` values), for the log filter; files are read later."""
+        found: list[str] = []
+        for camera in self.cameras:
+            parsed = camera.parsed_url
+            found += [s for s in (parsed.password, *parsed.query_secrets) if s]
+            if camera.credentials is not None and camera.credentials.password:
+                found.append(camera.credentials.password)
+        found += [u.password for u in self.viewers.users if u.password]
+        return tuple(dict.fromkeys(found))
 
     @property
     def pacing_delay(self) -> tuple[float | None, float]:

@@ -6,17 +6,20 @@ import pytest
 
 from daemon.config import CameraCredentialsConfig, Config, ViewerUserConfig
 from daemon.errors import ConfigError
+from daemon.logsafety import redact
 from daemon.metrics import Metrics
 from daemon.service.credentials import read_secret
-from daemon.streams.gst import redact
 from daemon.streams.ingest import CameraSource
 
 
 def test_redact_urls_and_properties() -> None:
-    line = "error rtsp://admin:hunter2@10.0.0.5:554/s1 user-pw=hunter2 location=rtsp://h/x"
+    line = ("error rtsp://admin:hunter2@10.0.0.5:554/s1 user-pw=hunter2 location=rtsp://h/x"
+            " rtsp://admin:p@ss@10.0.0.6/s2?token=t0ken-xyz&ch=1")
     out = redact(line)
-    assert "hunter2" not in out and "admin" not in out
+    assert "hunter2" not in out and "admin" not in out and "ss@" not in out
+    assert "t0ken-xyz" not in out
     assert "rtsp://***@10.0.0.5:554/s1" in out and "rtsp://h/x" in out
+    assert "rtsp://***@10.0.0.6/s2?token=***&ch=1" in out
 
 
 def test_camera_source_splits_credentials_out_of_the_url() -> None:
@@ -26,10 +29,13 @@ def test_camera_source_splits_credentials_out_of_the_url() -> None:
     assert "p:ss" not in repr(source)
     explicit = CameraSource.parse("rtsp://a:b@h/x", "user", "pw")
     assert (explicit.username, explicit.password) == ("user", "pw")
+    with pytest.raises(ConfigError, match="percent-encode") as info:
+        CameraSource.parse("rtsp://admin:se/cr#et@h/x")
+    assert "cr" not in str(info.value).replace("credentials", "")
 
 
 def test_secret_from_file_and_from_credentials_directory(tmp_path: Path) -> None:
-    (tmp_path / "cam-pass").write_text("s3cret\n")
+    (tmp_path / "cam-pass").write_text("s3cret\nnot the password\n")
     by_file = CameraCredentialsConfig(username="u", password_file=tmp_path / "cam-pass")
     assert read_secret(by_file, "camera x", {}) == "s3cret"
     by_credential = CameraCredentialsConfig(username="u", password_credential="cam-pass")

@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from daemon.config import Config
 from daemon.configfile import load_config
 from daemon.errors import AnonymizerError, ConfigError
+from daemon.logsafety import add_secrets
+from daemon.service.credentials import warn_if_exposed
 from daemon.service.sdnotify import Notifier
 from daemon.service.supervisor import Supervisor
-from daemon.streams.gst import redact
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class SignalFlags:
 def run_command(config_path: str) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop. Start-up errors raise (exit non-zero)."""
     path = Path(config_path)
-    config = load_config(path)
+    config = _load(path)
     notifier = Notifier()
     flags = SignalFlags()
     flags.install()
@@ -94,12 +96,27 @@ def _main_loop(supervisor: Supervisor, notifier: Notifier, flags: SignalFlags,
                     last_ping = now
 
 
+def _load(path: Path) -> Config:
+    """The config at `path`; the secrets written in it are known to the log filter before
+    anything else runs, and a config file holding secrets that others may read is warned of."""
+    config = load_config(path)
+    secrets = config.inline_secrets
+    add_secrets(*secrets)
+    if secrets:
+        warn_if_exposed(path, "config file (it holds passwords)")
+    return config
+
+
 def _reload(supervisor: Supervisor, notifier: Notifier, path: Path) -> None:
+    """Apply the config file again; any failure is logged and the running config is kept
+    (a reload never ends the daemon)."""
     notifier.reloading()
     log.info("reload: reading %s", path)
     try:
-        config = load_config(path)
+        config = _load(path)
         supervisor.reload(config)
     except (ConfigError, AnonymizerError) as exc:
-        log.error("reload failed, keeping the running configuration:\n%s", redact(str(exc)))
+        log.error("reload failed, keeping the running configuration:\n%s", exc)
+    except Exception:
+        log.exception("reload failed (unexpected error), keeping the running configuration")
     notifier.ready(supervisor.status_line())

@@ -15,6 +15,7 @@ from daemon.backends import Backend, open_backend
 from daemon.config import CameraConfig, Config
 from daemon.errors import ConfigError, StreamError
 from daemon.interfaces import Analyzer
+from daemon.logsafety import add_login
 from daemon.metrics import Metrics, MetricsServer
 from daemon.pipeline.camera import CameraPipeline, CameraSetup
 from daemon.service.credentials import read_secret
@@ -79,11 +80,13 @@ def camera_setup(config: Config, camera: CameraConfig, analyzer: Analyzer) -> Ca
     if camera.credentials is not None:
         username = camera.credentials.username
         password = read_secret(camera.credentials, f"camera {camera.name} credentials")
+    source = CameraSource.parse(camera.url, username, password)
+    add_login(source.username, source.password)  # the log filter: password, Basic header
     names = config.camera_classes(camera)
     ids = class_ids(analyzer.manifest, names)
     return CameraSetup(
         name=camera.name,
-        source=CameraSource.parse(camera.url, username, password),
+        source=source,
         protected=ids,
         class_names=dict(zip(ids, names, strict=True)),
         fail_style=config.camera_blur(camera).fail_closed,

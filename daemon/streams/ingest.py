@@ -8,14 +8,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import cv2
 import numpy as np
 
-from daemon.config import IngestConfig
-from daemon.errors import StreamError
-from daemon.streams.gst import gst, redact
+from daemon.config import IngestConfig, parse_camera_url
+from daemon.errors import ConfigError, StreamError
+from daemon.streams.gst import gst
 from daemon.types import FrameTime, Image
 
 log = logging.getLogger(__name__)
@@ -51,16 +50,16 @@ class CameraSource:
     @classmethod
     def parse(cls, url: str, username: str | None = None, password: str | None = None
               ) -> CameraSource:
-        """Split `user:pass@` out of `url`; explicit username/password win over the URL's."""
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        location = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-        url_user = unquote(parts.username) if parts.username else None
-        url_pass = unquote(parts.password) if parts.password else None
-        return cls(location, username or url_user, password if password is not None else url_pass)
+        """Split `user:pass@` out of `url` (daemon.config.parse_camera_url: percent-decoded,
+        ambiguous URLs refused with a ConfigError that never shows the password); an explicit
+        username or password replaces the URL's pair."""
+        try:
+            parsed = parse_camera_url(url)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if username is not None or password is not None:
+            return cls(parsed.location, username, password)
+        return cls(parsed.location, parsed.username, parsed.password)
 
     def __repr__(self) -> str:  # never print the password, even by accident
         return f"CameraSource({self.location!r}, user={'***' if self.username else None})"
@@ -140,10 +139,10 @@ class CameraReader:
             try:
                 got_frames = self._session()
             except StreamError as exc:
-                reason = redact(str(exc))
+                reason = str(exc)
             except Exception as exc:  # a bug in one session must not end the camera's thread
                 log.exception("camera %s: unexpected ingest error", self.name)
-                reason = redact(f"{type(exc).__name__}: {exc}")
+                reason = f"{type(exc).__name__}: {exc}"
             else:
                 reason = "stopped"
             if self._stop.is_set():
@@ -205,7 +204,7 @@ class CameraReader:
         try:
             if pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
                 raise StreamError(f"cannot start the pipeline for {self._source.location}")
-            log.info("camera %s: connecting to %s", self.name, redact(self._source.location))
+            log.info("camera %s: connecting to %s", self.name, self._source.location)
             while not self._stop.is_set():
                 now = time.monotonic()
                 self.heartbeat = now
@@ -263,12 +262,12 @@ class CameraReader:
                 return
             if message.type == Gst.MessageType.ERROR:
                 error, debug = message.parse_error()
-                log.debug("camera %s: GStreamer error detail: %s", self.name, redact(debug or ""))
-                raise StreamError(redact(f"{message.src.get_name()}: {error.message}"))
+                log.debug("camera %s: GStreamer error detail: %s", self.name, debug or "")
+                raise StreamError(f"{message.src.get_name()}: {error.message}")
             if message.type == Gst.MessageType.EOS:
                 raise StreamError("the camera ended the stream")
             warning, _ = message.parse_warning()
-            log.debug("camera %s: GStreamer warning: %s", self.name, redact(warning.message))
+            log.debug("camera %s: GStreamer warning: %s", self.name, warning.message)
 
 
 def _teardown(pipeline: Any, name: str) -> None:
