@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the daemon: anonymize RTSP cameras, republish over RTSP")
     run.add_argument("-c", "--config", default="config.yaml", help="default: ./config.yaml")
 
+    from daemon.demo.command import add_demo_arguments
+
+    add_demo_arguments(sub.add_parser(
+        "demo", help="the daemon on a built-in test camera (the bundled clip); prints the URLs"))
+
     from daemon.filejob import add_file_arguments
 
     add_file_arguments(sub.add_parser("file", help="anonymize image and video files"))
@@ -63,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from daemon.service.run import run_command
 
                 return run_command(args.config)
+            case "demo":
+                from daemon.demo.command import demo_command
+
+                return demo_command(args)
             case "file":
                 from daemon.filejob import file_command
 
@@ -72,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 return build_engine_command(args)
     except AnonymizerError as exc:
-        print(f"anonymizer: error: {exc}", file=sys.stderr)
+        from daemon.logsafety import redact
+
+        print(f"anonymizer: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("anonymizer: interrupted", file=sys.stderr)

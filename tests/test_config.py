@@ -289,7 +289,10 @@ def test_shipped_config_spells_out_every_key() -> None:
     import yaml
 
     written = yaml.safe_load((REPO / "config.yaml").read_text())
-    assert _leaves(written) == _leaves(Config().model_dump())
+    # model.path is the one key shown commented out: its default is the model installed with
+    # the package, and a path written in a config copied to /etc would resolve against /etc
+    assert _leaves(written) == _leaves(Config().model_dump()) - {"model.path"}
+    assert "  # path: " in (REPO / "config.yaml").read_text()
 
 
 def test_every_config_field_is_described() -> None:

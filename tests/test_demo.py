@@ -17,9 +17,9 @@ import time
 import cv2
 import numpy as np
 import pytest
+from rtsp_camera import FfmpegClient, free_port, http_get, metric, wait_for
 
 from daemon.demo.command import SAMPLE_CLIP
-from tests.rtsp_camera import FfmpegClient, free_port, http_get, metric, wait_for
 
 pytestmark = pytest.mark.slow
 

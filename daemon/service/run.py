@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -47,8 +48,11 @@ class SignalFlags:
         self.wake.set()
 
 
-def run_command(config_path: str) -> int:
-    """Run until SIGTERM/SIGINT; 0 on a clean stop. Start-up errors raise (exit non-zero)."""
+def run_command(config_path: str, on_ready: Callable[[], None] | None = None) -> int:
+    """Run until SIGTERM/SIGINT; 0 on a clean stop. Start-up errors raise (exit non-zero).
+
+    `on_ready` is called once every camera's pipeline is up (after READY=1).
+    """
     path = Path(config_path)
     config = _load(path)
     notifier = Notifier()
@@ -58,6 +62,8 @@ def run_command(config_path: str) -> int:
         with Supervisor(config) as supervisor:
             notifier.ready(supervisor.status_line())
             log.info("ready: %s", supervisor.status_line())
+            if on_ready is not None:
+                on_ready()
             _main_loop(supervisor, notifier, flags, path)
             notifier.stopping()
             log.info("stopping")
