@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,7 @@ from daemon.interfaces import Analyzer, Anonymizer
 from daemon.media.formats import media_kind
 from daemon.media.image import read_image, write_image
 from daemon.media.labels import LabelFolderWriter, unknown_labels, write_label_map
-from daemon.media.video_reader import VideoReader
+from daemon.media.video_reader import VideoFrame, VideoReader
 from daemon.media.video_writer import DEFAULT_CRF, DEFAULT_PRESET, X264_PRESETS, VideoWriter
 from daemon.safe import SafeFrame
 from daemon.types import Image, LabelMap
@@ -263,22 +263,33 @@ def run_files(
     options: FileOptions,
 ) -> list[InputReport]:
     """Anonymize every job in turn; a failed input is reported and the next one still runs."""
-    return [_run_one(job, analyzer, anonymizer, options) for job in jobs]
+    return [run_job(job, analyzer, anonymizer, options) for job in jobs]
 
 
-def _run_one(
+def run_job(
     job: FileJob, analyzer: Analyzer, anonymizer: Anonymizer, options: FileOptions
 ) -> InputReport:
-    started = time.perf_counter()
+    """Anonymize one input (image or whole video) to `job.output`; failures are reported."""
     guard = FrameGuard(analyzer, anonymizer, options.fail_closed, job.source)
-    report = InputReport(job)
-    log.info("anonymizing %s -> %s", job.source, job.output)
-    try:
+
+    def work() -> None:
         match media_kind(job.source):
             case "image":
                 _run_image(job, guard)
             case "video":
                 _run_video(job, guard, options)
+
+    return run_guarded(job, guard, work)
+
+
+def run_guarded(job: FileJob, guard: FrameGuard, work: Callable[[], None]) -> InputReport:
+    """Run `work` (which writes `job.output` through `guard`) and report it: a media or OS
+    error, or a bug, is the input's error (its output discarded by the writers), not a crash."""
+    started = time.perf_counter()
+    report = InputReport(job)
+    log.info("anonymizing %s -> %s", job.source, job.output)
+    try:
+        work()
     except (AnonymizerError, OSError) as exc:
         report.error = str(exc)
         print(f"anonymizer: error: {exc}", file=sys.stderr, flush=True)
@@ -317,14 +328,28 @@ def _run_video(job: FileJob, guard: FrameGuard, options: FileOptions) -> None:
         ))
         bar = stack.enter_context(_progress(job.source.name, info.frames, options.progress))
         sink = writer.write_audio if reader.audio_stream is not None else None
-        for frame in reader.frames(sink):
-            anonymized, labels = guard.process(frame.image, frame.index)
-            writer.write(anonymized, frame.pts)
-            if masks is not None:
-                masks.write(frame.index,
-                            labels if labels is not None else unknown_labels(info.height,
-                                                                             info.width))
-            bar.update()
+        write_frames(reader.frames(sink), guard, writer, masks, bar.update)
+
+
+def write_frames(
+    frames: Iterable[VideoFrame],
+    guard: FrameGuard,
+    writer: VideoWriter,
+    masks: LabelFolderWriter | None = None,
+    on_frame: Callable[[], object] | None = None,
+) -> None:
+    """Anonymize frames through `guard` (fail-closed per frame) and encode them at their pts:
+    the one frame loop of `anonymizer file` and `anonymizer batch`."""
+    info = writer.info
+    for frame in frames:
+        anonymized, labels = guard.process(frame.image, frame.index)
+        writer.write(anonymized, frame.pts)
+        if masks is not None:
+            masks.write(frame.index,
+                        labels if labels is not None else unknown_labels(info.height,
+                                                                         info.width))
+        if on_frame is not None:
+            on_frame()
 
 
 @contextmanager

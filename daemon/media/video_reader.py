@@ -152,6 +152,33 @@ class VideoReader:
                 self._decoded += 1
         self._check_complete(self._decoded, packets, last_dts)
 
+    def segment(self, start: int, end: int | None, first_index: int) -> Iterator[VideoFrame]:
+        """Yield the frames shown at `start` <= pts < `end` (None: to the end of the stream),
+        decoded from the keyframe at `start`, numbered from `first_index`.
+
+        `start` must be a keyframe's pts (see daemon.batch.segments): decoding restarts there, so
+        a segment decodes to the same pixels as the whole stream. Frames before `start` (an open
+        GOP's leading frames, which belong to the previous segment) are skipped; decoding stops
+        at the first frame at or past `end`, which display order puts after all earlier ones.
+        Only for containers with real pts (not AVI); the caller checks the frame count.
+        """
+        try:
+            self._container.seek(start, backward=True, any_frame=False, stream=self._video)
+        except av.FFmpegError as exc:
+            raise MediaError(f"{self.path}: cannot seek to pts {start}: {_reason(exc)}") from None
+        self._decoded = first_index
+        for packet in self._demux(None):
+            for frame in self._decode(cast("VideoPacket", packet)):
+                if frame.pts is None:
+                    raise MediaError(f"{self.path}: a frame without pts after pts {start}")
+                if frame.pts < start:
+                    continue
+                if end is not None and frame.pts >= end:
+                    return
+                image = frame.to_ndarray(format="bgr24").astype(np.uint8, copy=False)
+                yield VideoFrame(image, frame.pts, self.info.time_base, self._decoded)
+                self._decoded += 1
+
     def _demux(self, audio: av.stream.Stream | None) -> Iterator[av.Packet[av.stream.Stream]]:
         streams = [self._video] if audio is None else [self._video, audio]
         packets = self._container.demux(*streams)
