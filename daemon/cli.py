@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
 
     add_file_arguments(sub.add_parser("file", help="anonymize image and video files"))
 
+    from daemon.batch.command import add_batch_arguments
+
+    add_batch_arguments(sub.add_parser(
+        "batch", help="anonymize a folder or list of files on a Ray cluster (resumable)"))
+
     from daemon.gpu.build import add_build_engine_arguments
 
     add_build_engine_arguments(
@@ -76,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from daemon.filejob import file_command
 
                 return file_command(args)
+            case "batch":
+                from daemon.batch.command import batch_command
+
+                return batch_command(args)
             case "build-engine":
                 from daemon.gpu.build import build_engine_command
 
