@@ -29,8 +29,10 @@ def cupy_module() -> ModuleType:
         import cupy
     except ImportError as exc:
         raise BackendUnavailable(
-            f"CuPy is not installed (pip install cupy-cuda13x; {exc})"
+            f"CuPy is not installed (./install.sh --gpu, or pip install cupy-cuda13x; {exc})"
         ) from exc
+    except OSError as exc:  # e.g. a read-only home for its cache: fall back, do not crash
+        raise BackendUnavailable(f"CuPy cannot be imported ({exc})") from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError (no driver, driver too old) or a missing libcudart
