@@ -153,7 +153,9 @@ def batch_command(args: argparse.Namespace) -> int:
                                      gpus_per_worker=args.gpus_per_worker)
     started = time.perf_counter()
     run_id = time.strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
+    timings: dict[str, float] = {}
     with Cluster(cluster_options) as cluster, Manifest(manifest_path, run_id) as manifest:
+        timings["cluster_seconds"] = time.perf_counter() - started
         workers, cpus, gpus = cluster.worker_shape()
         manifest.write("run", input=str(args.input), output=str(output_dir),
                        address=args.address or "local", cluster=cluster.address,
@@ -163,7 +165,7 @@ def batch_command(args: argparse.Namespace) -> int:
                        config_sha256=config_sha, settings=settings)
         plan_started = time.perf_counter()
         plans = cluster.plan(pairs, output_dir, args.segment_seconds)
-        plan_seconds = time.perf_counter() - plan_started
+        timings["plan_seconds"] = time.perf_counter() - plan_started
         tallies: dict[Path, InputTally] = {}
         todo: list[Unit] = []
         skipped_inputs: list[dict[str, Any]] = []
@@ -188,12 +190,11 @@ def batch_command(args: argparse.Namespace) -> int:
                     tally.results[unit.index] = previous_unit
                 else:
                     todo.append(unit)
-        frames_total = sum(u.frames for u in todo)
         bar = tqdm(total=len(todo), unit="unit", desc="batch", file=sys.stderr,
                    disable=args.no_progress or not sys.stderr.isatty(), dynamic_ncols=True)
         counts = {"frames": 0, "units_failed": 0}
-        join_seconds = [0.0]
-        run_started = time.perf_counter()
+        timings["join_seconds"] = timings["unit_seconds_sum"] = 0.0
+        run_started = [time.perf_counter()]
 
         def finish_input(tally: InputTally) -> None:
             plan = tally.plan
@@ -204,7 +205,7 @@ def batch_command(args: argparse.Namespace) -> int:
                     _join(plan, output_dir)
                 except (MediaError, OSError) as exc:
                     totals["error"] = f"join: {exc}"
-                join_seconds[0] += time.perf_counter() - join_started
+                timings["join_seconds"] += time.perf_counter() - join_started
             manifest.write("input", source=str(plan.source), output=str(plan.output),
                            status="failed" if totals["error"] else "done", size=plan.size,
                            segments=len(plan.units), **tally.fingerprint.fields(), **totals)
@@ -225,7 +226,8 @@ def batch_command(args: argparse.Namespace) -> int:
             tally.results[unit.index] = record
             counts["frames"] += result.frames
             counts["units_failed"] += result.error is not None
-            elapsed = time.perf_counter() - run_started
+            timings["unit_seconds_sum"] += result.seconds
+            elapsed = time.perf_counter() - run_started[0]
             bar.set_postfix_str(f"{counts['frames'] / elapsed:.1f} frames/s", refresh=False)
             bar.update()
             if tally.finished:
@@ -235,16 +237,19 @@ def batch_command(args: argparse.Namespace) -> int:
             if tally.finished:  # every segment done earlier: only the join is missing
                 finish_input(tally)
         if todo:
+            pool_started = time.perf_counter()
             pool = WorkerPool(cluster, config, options,
                               lambda w: manifest.write("worker", **w.info))
+            run_started[0] = time.perf_counter()
+            timings["workers_start_seconds"] = run_started[0] - pool_started
             run_units(pool, cluster.ray, todo, on_result)
         bar.close()
         wall = time.perf_counter() - started
         records = read_records(manifest_path)
         this_run = [r for r in records if r.get("run") == run_id and r.get("type") == "input"]
-        summary = _summary(this_run, skipped_inputs, wall, counts["frames"],
-                           time.perf_counter() - run_started, plan_seconds, join_seconds[0],
-                           len(todo), counts["units_failed"], frames_total)
+        timings["units_phase_seconds"] = time.perf_counter() - run_started[0]
+        summary = _summary(this_run, skipped_inputs, wall, counts["frames"], timings,
+                           len(todo), counts["units_failed"])
         manifest.write("summary", **summary)
     print(_summary_text(this_run, summary), flush=True)
     failed = summary["inputs_failed"] or summary["failed_closed"]
@@ -277,8 +282,11 @@ def _remove_empty_parents(folder: Path, stop: Path) -> None:
 
 
 def _summary(this_run: list[dict[str, Any]], skipped: list[dict[str, Any]], wall: float,
-             frames: int, run_seconds: float, plan_seconds: float, join_seconds: float,
-             units: int, units_failed: int, frames_planned: int) -> dict[str, Any]:
+             frames: int, timings: Mapping[str, float], units: int,
+             units_failed: int) -> dict[str, Any]:
+    """The run's totals; `frames_per_second` is over the units phase (workers loaded), the
+    other phases are in `timings` (seconds)."""
+    run_seconds = timings["units_phase_seconds"]
     final = this_run + skipped
     objects: Counter[str] = Counter()
     for record in final:
@@ -295,10 +303,8 @@ def _summary(this_run: list[dict[str, Any]], skipped: list[dict[str, Any]], wall
         "objects": dict(sorted(objects.items())),
         "failed_closed": sum(r.get("failed_closed", 0) for r in final),
         "wall_seconds": round(wall, 3),
-        "plan_seconds": round(plan_seconds, 3),
-        "join_seconds": round(join_seconds, 3),
         "frames_per_second": round(frames / run_seconds, 3) if run_seconds > 0 else None,
-        "frames_planned_in_segments": frames_planned,
+        **{name: round(value, 3) for name, value in timings.items()},
     }
 
 

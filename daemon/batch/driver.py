@@ -50,7 +50,11 @@ class Cluster:
                          object_store_memory=self.options.object_store_bytes,
                          logging_level=logging.WARNING)
             else:
-                ray.init(address=self.options.address, logging_level=logging.WARNING)
+                try:
+                    ray.init(address=self.options.address, logging_level=logging.WARNING)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise ConfigError(f"--address {self.options.address}: cannot join the Ray "
+                                      f"cluster: {exc}") from None
             self._owned = True
         return self
 
