@@ -200,8 +200,8 @@ def main() -> None:
             "(not isolated): each worker's x264 encoder and decoder start their own threads, "
             "so two workers oversubscribe 2 cores, and the shared machine's other load hits "
             "two busy workers harder. On CPU machines give a worker all of a machine's cores "
-            "(`--cpus-per-worker $(nproc)`); the default, one worker per CPU, is the other "
-            "shape.",
+            "(`--cpus-per-worker $(nproc)`); the default (one worker per 4 CPUs, all of them "
+            "on a smaller machine) is this shape.",
         ]
     lines += [
         "",

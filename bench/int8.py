@@ -1,6 +1,6 @@
 """Does an INT8 copy of the default model pay on the CPU? (`python bench/int8.py`)
 
-Builds INT8 copies of daemon/engines/deeplabv3plus_mnv2_person_plate_513.onnx under --work-dir (never
+Builds INT8 copies of daemon/engines/deeplabv3plus_mnv2_person_plate_513.onnx in --work-dir (not
 in the repository): NNCF post-training quantization (presets PERFORMANCE and MIXED, MIXED with
 the depthwise convolutions left in float) and ONNX Runtime static QDQ quantization (per-channel
 weights, with and without the depthwise convolutions), each calibrated on --calib training

@@ -146,7 +146,8 @@ def batch_run(
     """`batch` over the archive, lossless, segments of 0.1 s (cut at every keyframe)."""
     output = work / "batch-out"
     result = cli("batch", archive, "-o", output, "-c", work / "config.yaml", "--crf", "0",
-                 "--segment-seconds", "0.1", "--address", ray_address, cwd=work)
+                 "--segment-seconds", "0.1", "--workers", "2", "--address", ray_address,
+                 cwd=work)
     return output, result
 
 
@@ -314,7 +315,8 @@ def test_rerun_skips_complete_outputs(batch_run, archive, work, ray_address):
     assert first.returncode == 0, first.stderr
     before = {name: (output / name).stat().st_mtime_ns for name in visible_files(output)}
     result = cli("batch", archive, "-o", output, "-c", work / "config.yaml", "--crf", "0",
-                 "--segment-seconds", "0.1", "--address", ray_address, cwd=work)
+                 "--segment-seconds", "0.1", "--workers", "2", "--address", ray_address,
+                 cwd=work)
     assert result.returncode == 0, result.stderr
     last = runs(output)[-1]
     assert records(output, "unit", last) == [] and records(output, "worker", last) == []
@@ -333,7 +335,7 @@ def test_killed_worker_leaves_no_partial_output_and_rerun_does_only_the_missing_
     for name in STILLS:
         shutil.copy(shared_data / "stills" / name, inputs / name)
     args = ("batch", inputs, "-o", output, "-c", work / "config.yaml", "--segment-seconds",
-            "0.1", "--address", ray_address, "--no-progress")
+            "0.1", "--workers", "2", "--address", ray_address, "--no-progress")
     process = subprocess.Popen([sys.executable, "-m", "daemon", *map(str, args)], cwd=work,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

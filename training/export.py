@@ -68,7 +68,7 @@ def write_manifest(onnx_path: Path, name: str, size: int = INPUT_SIZE,
     """`<onnx>.manifest.yaml` in the format of daemon/engines/README.md, with the file's sha256."""
     out_side = (size - 1) // 4 + 1
     classes = "\n".join(f"  {c}: {i}" for i, c in enumerate(CLASSES))
-    text = f"""# Manifest of the project's own DeepLabv3+ (see daemon/engines/README.md for every field).
+    text = f"""# Manifest of the project's own DeepLabv3+ (fields: daemon/engines/README.md).
 # Trained by `python -m training.train`, exported by `python -m training.export`; card: {name}.md
 name: {name}
 sha256: {sha256(onnx_path)}
@@ -197,7 +197,7 @@ project's shared 2-core CPU machine (other jobs running: an upper bound).
 def write_card(onnx_path: Path, name: str, state: dict, evaluation: str, notes: str,
                size: int = INPUT_SIZE, output_stride: int = 16,
                settings_label: str = CHECKPOINT_SETTINGS) -> Path:
-    """daemon/engines/<name>.md: what the model is, its data and licences, training, measurements."""
+    """daemon/engines/<name>.md: what the model is, its data, licences, training, measurements."""
     config = state["config"]
     settings = f"{settings_label}: " + ", ".join(
         f"`{k}={v}`" for k, v in config.items() if k not in ("extra", "data"))

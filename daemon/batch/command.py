@@ -53,8 +53,9 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
                              "(default: a local cluster sized to this machine)")
     parser.add_argument("--workers", type=_positive_int, default=None,
-                        help="worker actors, one model each (default: one per CPU, or per "
-                             "GPU share with --gpus-per-worker)")
+                        help="worker actors, one model each (default: one per 4 CPUs, all of"
+                             " them on a smaller machine, or one per GPU share with"
+                             " --gpus-per-worker)")
     parser.add_argument("--cpus-per-worker", type=_positive_float, default=None,
                         help="CPUs reserved per worker, also its inference threads "
                              "(default: the cluster's CPUs shared out)")
