@@ -20,8 +20,8 @@ borders is one object, and split into objects (`Blob`: 8-connected cells of one 
   `speed` x the frames between, up to half its own larger side.
 - hold (frame t after the merged latest analyses, no later one): an object paired (same
   reach rule) with one of the merged analyses before those has a velocity; every cell it
-  covers as it moves on to t along a straight line (its sweep) is covered, grown by half of
-  that shift (speed changes). An object with no earlier partner is held as above.
+  covers as it moves on to t along a straight line (its sweep) is covered, grown by three
+  quarters of that shift (speed changes). An object with no earlier partner is held as above.
 Objects are merged after joining fragments within 2 cells of each other (a head above its
 body, a person cut by a pole), so that they move as one.
 Not covered: objects faster than `speed`, objects that appear far from where an analysis
@@ -46,7 +46,7 @@ from daemon.types import LabelMap
 
 CELL = 4  # pixels per side of a grid block
 _SWEEP_SLACK = 0.2  # bracket: a swept hull is grown by this fraction of the distance swept
-_HOLD_SLACK = 0.5  # hold: a predicted shift is trusted to within this fraction of its length
+_HOLD_SLACK = 0.75  # hold: a predicted shift is trusted to within this fraction of its length
 # An object seen on one side of a frame only grows by at most this fraction of its own larger
 # side: in real scenes such objects are mostly detection flicker (there, in about the same
 # place); growing them by the full speed x time blurred 41-100 % of real clips' frames
