@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from daemon.analysis.multiscale import MultiScaleAnalyzer
+from daemon.demo.command import free_port
 
 if TYPE_CHECKING:
     import numpy as np
@@ -391,12 +392,6 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "daemon":
         return daemon_main(sys.argv[2:])
     raise SystemExit("usage: rtsp_camera.py daemon LIFETIME FAKE|- ANONYMIZER-ARGS...")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float) -> bool:

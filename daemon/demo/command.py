@@ -33,7 +33,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="metrics and health port on 127.0.0.1 (default: 9108)")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -93,7 +94,7 @@ def demo_command(args: argparse.Namespace) -> int:
     clip: Path = args.clip
     if not clip.is_file():
         raise StreamError(f"demo: {clip}: no such clip")
-    camera = CameraProcess(clip.resolve(), _free_port(), "/camera")
+    camera = CameraProcess(clip.resolve(), free_port(), "/camera")
     config = demo_config(camera.url, args.bind, args.port, args.metrics_port)
     stream = f"rtsp://{args.bind}:{args.port}/{CAMERA_NAME}"
     metrics = f"http://127.0.0.1:{args.metrics_port}/metrics"
